@@ -1,0 +1,110 @@
+//! The response envelope `{success, data, message}` and the one error type
+//! every handler returns. Status codes are decided here, once.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, Serialize)]
+pub struct Envelope<T: Serialize> {
+    pub success: bool,
+    pub data: Option<T>,
+    pub message: String,
+}
+
+/// A successful response with `data` and a human-readable `message`.
+pub fn ok<T: Serialize>(status: StatusCode, data: T, message: impl Into<String>) -> Response {
+    (status, Json(Envelope { success: true, data: Some(data), message: message.into() })).into_response()
+}
+
+/// An error as the client sees it: a status, a message saying what to fix,
+/// and optional structured details in `data`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), data: None }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+    pub fn with_data(mut self, data: Value) -> ApiError {
+        self.data = Some(data);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, message = %self.message, "request failed");
+        }
+        (self.status, Json(Envelope { success: false, data: self.data, message: self.message })).into_response()
+    }
+}
+
+impl From<crate::ids::IdError> for ApiError {
+    fn from(e: crate::ids::IdError) -> ApiError {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        ApiError::internal(e.to_string())
+    }
+}
+
+impl From<crate::store::templates::TemplateError> for ApiError {
+    fn from(e: crate::store::templates::TemplateError) -> ApiError {
+        match e {
+            crate::store::templates::TemplateError::NotFound(_) => ApiError::not_found(e.to_string()),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::queue::QueueError> for ApiError {
+    fn from(e: crate::queue::QueueError) -> ApiError {
+        match e {
+            crate::queue::QueueError::TooLarge { .. } => ApiError::too_large(e.to_string()),
+            other => ApiError::unavailable(format!("the queue did not accept the task: {other}")),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(e: axum::extract::rejection::BytesRejection) -> ApiError {
+        ApiError::new(e.status(), format!("cannot read request body: {}", e.body_text()))
+    }
+}
+
+/// Parse a JSON body, saying where it is malformed.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "invalid request",
+            _ => "malformed JSON",
+        };
+        ApiError::bad_request(format!("{what}: {e}"))
+    })
+}

@@ -1,0 +1,387 @@
+//! Configuration: one YAML file, serde with `deny_unknown_fields`, and a
+//! [`Config::validate`] that names the offending key.
+//!
+//! The `rocketmq:` block carries every key of the design document with its
+//! defaults; the host's own sections (`server`, `queue`, `storage`,
+//! `plugins`, `limits`, `worker`) sit beside it.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config value `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub queue: QueueConfig,
+    pub storage: StorageConfig,
+    pub plugins: PluginsConfig,
+    pub limits: LimitsConfig,
+    pub worker: WorkerConfig,
+    pub rocketmq: RocketMqConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port`; port 0 picks a free port.
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: "127.0.0.1:8000".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Embedded,
+    Rocketmq,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// `embedded` or `rocketmq`. When absent it follows `rocketmq.enabled`.
+    pub backend: Option<Backend>,
+    pub embedded: EmbeddedQueueConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedQueueConfig {
+    /// First retry delay; doubles per attempt up to `retry_backoff_max_ms`.
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// fsync every commit (`full`, survives power loss) or only the WAL
+    /// checkpoints (`normal`, survives a killed process).
+    pub sync: SyncMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Full,
+    Normal,
+}
+
+impl Default for EmbeddedQueueConfig {
+    fn default() -> Self {
+        EmbeddedQueueConfig { retry_backoff_ms: 1000, retry_backoff_max_ms: 60_000, sync: SyncMode::Full }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Queue database, task database, templates and results live here.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { data_dir: PathBuf::from("data") }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Every `*.wasm` component in this directory is loaded at start.
+    pub dir: PathBuf,
+    /// Precompiled `.cwasm` files; defaults to `<data_dir>/plugin-cache`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig { dir: PathBuf::from("plugins/dist"), cache_dir: None }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Wall-clock limit for one render, instantiate to return.
+    pub timeout_ms: u64,
+    /// Linear memory a plugin instance may grow to.
+    pub memory_mb: u64,
+    /// Largest document a plugin may return.
+    pub output_mb: u64,
+    /// Largest `data` of one task (its JSON text).
+    pub max_data_bytes: usize,
+    /// Largest template file accepted on upload.
+    pub max_template_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            timeout_ms: 30_000,
+            memory_mb: 256,
+            output_mb: 64,
+            max_data_bytes: 4 * 1024 * 1024,
+            max_template_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Tasks rendered at once by this process; 0 = number of CPUs.
+    pub concurrency: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig { concurrency: 0 }
+    }
+}
+
+/// The design document's `rocketmq:` block, key for key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RocketMqConfig {
+    pub enabled: bool,
+    pub name_server: String,
+    pub producer_group: String,
+    pub consumer_group: String,
+    pub topic: String,
+    pub tag: String,
+    /// Bytes; larger task messages are refused (413), never truncated.
+    pub max_message_size: usize,
+    /// Milliseconds.
+    pub send_timeout: u64,
+    pub retry_times: u32,
+    pub consumer_thread_min: u32,
+    pub consumer_thread_max: u32,
+    pub consume_message_batch_max_size: u32,
+    pub pull_batch_size: u32,
+    /// Milliseconds.
+    pub pull_interval: u64,
+    /// Minutes.
+    pub consume_timeout: u64,
+    /// Re-deliveries after the first attempt before a task is dead-lettered
+    /// (also used by the embedded queue).
+    pub max_reconsume_times: u32,
+    /// Milliseconds.
+    pub suspend_current_queue_time: u64,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub security_token: Option<String>,
+    pub namespace: Option<String>,
+}
+
+impl Default for RocketMqConfig {
+    fn default() -> Self {
+        RocketMqConfig {
+            enabled: false,
+            name_server: "localhost:9876".into(),
+            producer_group: "export_producer_group".into(),
+            consumer_group: "export_consumer_group".into(),
+            topic: "export_tasks".into(),
+            tag: "*".into(),
+            max_message_size: 4 * 1024 * 1024,
+            send_timeout: 3000,
+            retry_times: 3,
+            consumer_thread_min: 1,
+            consumer_thread_max: 5,
+            consume_message_batch_max_size: 1,
+            pull_batch_size: 32,
+            pull_interval: 0,
+            consume_timeout: 15,
+            max_reconsume_times: 16,
+            suspend_current_queue_time: 1000,
+            access_key: None,
+            secret_key: None,
+            security_token: None,
+            namespace: None,
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a YAML config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check values serde cannot: ranges, consistency between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("server.listen", format!("{:?} is not host:port", self.server.listen)));
+        }
+        match (self.queue.backend, self.rocketmq.enabled) {
+            (Some(Backend::Embedded), true) => {
+                return Err(invalid("rocketmq.enabled", "is true but queue.backend is `embedded`"));
+            }
+            (Some(Backend::Rocketmq), false) => {
+                return Err(invalid("rocketmq.enabled", "is false but queue.backend is `rocketmq`"));
+            }
+            _ => {}
+        }
+        let e = &self.queue.embedded;
+        if e.retry_backoff_max_ms < e.retry_backoff_ms {
+            return Err(invalid("queue.embedded.retry_backoff_max_ms", "must be >= retry_backoff_ms"));
+        }
+        let l = &self.limits;
+        if l.timeout_ms == 0 {
+            return Err(invalid("limits.timeout_ms", "must be > 0"));
+        }
+        if l.memory_mb == 0 || l.memory_mb > 4096 {
+            return Err(invalid("limits.memory_mb", "must be in 1..=4096 (wasm32 address space)"));
+        }
+        if l.output_mb == 0 {
+            return Err(invalid("limits.output_mb", "must be > 0"));
+        }
+        if l.max_data_bytes == 0 {
+            return Err(invalid("limits.max_data_bytes", "must be > 0"));
+        }
+        let r = &self.rocketmq;
+        for (key, value) in [
+            ("rocketmq.name_server", &r.name_server),
+            ("rocketmq.producer_group", &r.producer_group),
+            ("rocketmq.consumer_group", &r.consumer_group),
+            ("rocketmq.topic", &r.topic),
+            ("rocketmq.tag", &r.tag),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        if r.max_message_size == 0 {
+            return Err(invalid("rocketmq.max_message_size", "must be > 0"));
+        }
+        if r.consumer_thread_min == 0 || r.consumer_thread_min > r.consumer_thread_max {
+            return Err(invalid("rocketmq.consumer_thread_min", "must be in 1..=consumer_thread_max"));
+        }
+        if r.consume_message_batch_max_size == 0 {
+            return Err(invalid("rocketmq.consume_message_batch_max_size", "must be > 0"));
+        }
+        if r.pull_batch_size == 0 {
+            return Err(invalid("rocketmq.pull_batch_size", "must be > 0"));
+        }
+        if r.consume_timeout == 0 {
+            return Err(invalid("rocketmq.consume_timeout", "must be > 0 (minutes)"));
+        }
+        if r.access_key.is_some() != r.secret_key.is_some() {
+            return Err(invalid("rocketmq.secret_key", "access_key and secret_key must be set together"));
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.queue.backend.unwrap_or(if self.rocketmq.enabled { Backend::Rocketmq } else { Backend::Embedded })
+    }
+
+    pub fn worker_concurrency(&self) -> usize {
+        match self.worker.concurrency {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        }
+    }
+
+    pub fn plugin_cache_dir(&self) -> PathBuf {
+        self.plugins.cache_dir.clone().unwrap_or_else(|| self.storage.data_dir.join("plugin-cache"))
+    }
+
+    /// Total deliveries of one task before it is dead-lettered.
+    pub fn max_attempts(&self) -> u32 {
+        self.rocketmq.max_reconsume_times + 1
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.timeout_ms)
+    }
+
+    /// The effective config as YAML with secrets redacted.
+    pub fn redacted_yaml(&self) -> String {
+        let mut c = self.clone();
+        for s in [&mut c.rocketmq.secret_key, &mut c.rocketmq.security_token] {
+            if s.is_some() {
+                *s = Some("<redacted>".into());
+            }
+        }
+        serde_yaml::to_string(&c).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn defaults_match_the_design_document() {
+        let c = parse("{}").expect("empty config is valid");
+        assert_eq!(c.rocketmq.name_server, "localhost:9876");
+        assert_eq!(c.rocketmq.max_message_size, 4_194_304);
+        assert_eq!(c.rocketmq.max_reconsume_times, 16);
+        assert_eq!(c.backend(), Backend::Embedded);
+    }
+
+    #[test]
+    fn the_dev_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.yaml");
+        let c = Config::load(&path).expect("config/dev.yaml is valid");
+        assert_eq!(c.rocketmq.topic, "export_tasks");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("rocketmq:\n  name_sever: x\n").expect_err("typo must be rejected");
+        assert!(err.to_string().contains("name_sever"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = parse("rocketmq:\n  consumer_thread_min: 9\n  consumer_thread_max: 2\n").expect_err("min > max");
+        assert!(err.to_string().contains("rocketmq.consumer_thread_min"), "{err}");
+        let err = parse("limits:\n  timeout_ms: 0\n").expect_err("zero timeout");
+        assert!(err.to_string().contains("limits.timeout_ms"), "{err}");
+        let err = parse("queue:\n  backend: rocketmq\n").expect_err("backend without enabled");
+        assert!(err.to_string().contains("rocketmq.enabled"), "{err}");
+    }
+
+    #[test]
+    fn enabled_rocketmq_selects_the_backend() {
+        let c = parse("rocketmq:\n  enabled: true\n").expect("valid");
+        assert_eq!(c.backend(), Backend::Rocketmq);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = parse("rocketmq:\n  access_key: ak\n  secret_key: hunter2\n").expect("valid");
+        let y = c.redacted_yaml();
+        assert!(!y.contains("hunter2") && y.contains("<redacted>"), "{y}");
+    }
+}

@@ -1,0 +1,33 @@
+//! export-host: templates + JSON → documents, queued and rendered in
+//! sandboxed WebAssembly format plugins.
+//!
+//! # Layout
+//!
+//! Data flows one way: HTTP → queue → worker → plugin sandbox → store.
+//!
+//! * [`config`] — the YAML config (with the design document's `rocketmq:`
+//!   block), `deny_unknown_fields`, and `validate()` naming the bad key.
+//! * [`ids`] — validated ids (task, template, tenant, file name): nothing
+//!   unchecked reaches a file path.
+//! * [`api`] — axum routes, the `{success, data, message}` envelope and the
+//!   one error type that maps to status codes.
+//! * [`queue`] — the `TaskQueue` trait and its backends (`embedded`, durable
+//!   SQLite; `rocketmq` to come).
+//! * [`worker`] — the queue's handler: one task in, a result or a failure out.
+//! * [`plugin`] — the wasmtime sandbox: loading, limits, fault classes.
+//! * [`store`] — task records, result files and template bundles.
+//! * [`db`] — SQLite with a group-committing writer thread (shared by the
+//!   embedded queue and the task store).
+//! * [`server`] — wires everything for `export-host serve`.
+//! * [`shutdown`] — the one shutdown signal.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod ids;
+pub mod plugin;
+pub mod queue;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,159 @@
+//! The task queue: one trait, two backends.
+//!
+//! * [`embedded`] — a durable queue in SQLite, the default; no broker needed.
+//! * `rocketmq` — Apache RocketMQ (producer + push consumer).
+//!
+//! The queue moves [`TaskMessage`]s and knows nothing about rendering: a
+//! consumer is started with a [`TaskHandler`], and the handler's
+//! [`Disposition`] decides what happens to each delivery (acknowledged,
+//! re-delivered later, or dead-lettered).
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::ids::{TaskId, TemplateId, TenantId};
+
+/// The versioned task message that travels through the queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskMessage {
+    /// Message schema version; see [`MESSAGE_VERSION`].
+    pub v: u32,
+    pub task_id: TaskId,
+    pub tenant: TenantId,
+    pub template_id: TemplateId,
+    pub output_format: String,
+    pub priority: i32,
+    /// The task's data as JSON text, passed to the plugin unchanged.
+    pub data: Box<serde_json::value::RawValue>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub const MESSAGE_VERSION: u32 = 1;
+
+impl TaskMessage {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<TaskMessage, QueueError> {
+        let msg: TaskMessage =
+            serde_json::from_slice(bytes).map_err(|e| QueueError::BadMessage(e.to_string()))?;
+        if msg.v != MESSAGE_VERSION {
+            return Err(QueueError::BadMessage(format!(
+                "message version {} (this host reads {MESSAGE_VERSION})",
+                msg.v
+            )));
+        }
+        Ok(msg)
+    }
+}
+
+/// One delivery of a message to the handler.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: TaskMessage,
+    /// 1 for the first delivery, 2 for the first re-delivery, ...
+    pub attempt: u32,
+    /// Deliveries allowed in all: `max_reconsume_times + 1`.
+    pub max_attempts: u32,
+}
+
+impl Delivery {
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+}
+
+/// What the handler decided about one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (succeeded, or failed permanently and recorded): remove it.
+    Ack,
+    /// Transient failure: deliver again later.
+    Retry { reason: String },
+    /// Give up: move to the dead-letter queue with this reason.
+    Dead { reason: String },
+}
+
+#[async_trait]
+pub trait TaskHandler: Send + Sync + 'static {
+    async fn handle(&self, delivery: Delivery) -> Disposition;
+}
+
+/// Counters of a queue, filled from the backend's own state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    /// Messages ever accepted by this queue (RocketMQ: sum of max offsets).
+    pub total_messages: u64,
+    /// Waiting to be delivered (including delayed retries).
+    pub ready: u64,
+    /// Delivered and not yet acknowledged.
+    pub in_flight: u64,
+    /// In the dead-letter queue.
+    pub dead: u64,
+    /// Unconsumed messages per queue id.
+    pub lag_by_queue: BTreeMap<String, u64>,
+}
+
+impl QueueStats {
+    pub fn total_lag(&self) -> u64 {
+        self.lag_by_queue.values().sum()
+    }
+}
+
+/// A message sitting in the dead-letter queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub task_id: String,
+    pub attempts: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue storage failed: {0}")]
+    Storage(String),
+    #[error("message too large: {size} bytes (limit {limit})")]
+    TooLarge { size: usize, limit: usize },
+    #[error("undecodable message: {0}")]
+    BadMessage(String),
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    #[error("consumer already started")]
+    AlreadyStarted,
+}
+
+impl From<crate::db::DbError> for QueueError {
+    fn from(e: crate::db::DbError) -> Self {
+        QueueError::Storage(e.to_string())
+    }
+}
+
+/// The queue of export tasks. Both backends pass `tests/queue_conformance.rs`.
+#[async_trait]
+pub trait TaskQueue: Send + Sync + 'static {
+    /// `embedded` or `rocketmq`.
+    fn backend(&self) -> &'static str;
+
+    /// Durably enqueue the messages; on `Ok` every one of them is accepted.
+    async fn publish(&self, batch: Vec<TaskMessage>) -> Result<(), QueueError>;
+
+    /// Start delivering messages to `handler`, at most `concurrency` at once.
+    async fn start_consuming(&self, handler: Arc<dyn TaskHandler>, concurrency: usize) -> Result<(), QueueError>;
+
+    /// Stop taking new deliveries and wait for those in flight to finish.
+    async fn stop_consuming(&self);
+
+    /// Whether a consumer is running.
+    fn is_consuming(&self) -> bool;
+
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// Messages in the dead-letter queue, oldest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
+}

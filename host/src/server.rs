@@ -1,0 +1,97 @@
+//! Wires the parts together for `export-host serve`: config → store, queue,
+//! plugins → worker (consumer) and HTTP API, then runs until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::api::{self, AppState};
+use crate::config::{Backend, Config};
+use crate::plugin::{Limits, PluginHost};
+use crate::queue::TaskQueue;
+use crate::queue::embedded::EmbeddedQueue;
+use crate::shutdown::Shutdown;
+use crate::store::TaskStore;
+use crate::store::templates::TemplateStore;
+use crate::worker::Worker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot prepare data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::PluginError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("the {0} queue backend is not available in this build yet")]
+    Backend(&'static str),
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Load the plugins of `config` into a new sandbox host.
+pub fn plugin_host(config: &Config) -> Result<PluginHost, crate::plugin::PluginError> {
+    let host = PluginHost::new(Limits::from_config(&config.limits), config.plugin_cache_dir())?;
+    host.load_dir(&config.plugins.dir)?;
+    Ok(host)
+}
+
+/// A running service.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Server {
+    /// Open everything, start consuming and listening; returns once the
+    /// socket is bound.
+    pub async fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServeError> {
+        let data_dir = config.storage.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::DataDir { path: data_dir.clone(), source })?;
+        let sync = config.queue.embedded.sync;
+        let store = TaskStore::open(&data_dir, sync)?;
+        let templates = TemplateStore::open(&data_dir).map_err(|source| ServeError::DataDir { path: data_dir.clone(), source })?;
+        let plugins = Arc::new(tokio::task::block_in_place(|| plugin_host(&config))?);
+        let queue: Arc<dyn TaskQueue> = match config.backend() {
+            Backend::Embedded => Arc::new(
+                EmbeddedQueue::open(
+                    &data_dir.join("queue.db"),
+                    config.queue.embedded.clone(),
+                    config.max_attempts(),
+                    std::time::Duration::from_secs(config.rocketmq.consume_timeout * 60),
+                )
+                .await?,
+            ),
+            Backend::Rocketmq => return Err(ServeError::Backend("rocketmq")),
+        };
+        let worker = Arc::new(Worker { store: store.clone(), templates: templates.clone(), plugins: plugins.clone() });
+        queue.start_consuming(worker, config.worker_concurrency()).await?;
+
+        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .map_err(|source| ServeError::Bind { addr: config.server.listen.clone(), source })?;
+        let addr = listener.local_addr().map_err(ServeError::Serve)?;
+        let state = AppState { config: Arc::new(config), store, templates, queue: queue.clone(), plugins };
+        let app = api::router(state.clone());
+        let task = tokio::spawn(async move {
+            let down = shutdown.clone();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { down.wait().await })
+                .await
+                .map_err(ServeError::Serve)?;
+            tracing::info!("HTTP stopped; finishing tasks in flight");
+            queue.stop_consuming().await;
+            Ok(())
+        });
+        Ok(Server { addr, state, task })
+    }
+
+    /// Wait until the server has stopped (after shutdown was triggered).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.task.await.map_err(|e| ServeError::Serve(std::io::Error::other(e)))?
+    }
+}

@@ -1,0 +1,320 @@
+//! What the service remembers about tasks: status records in SQLite
+//! (`tasks.db`) and result files under `results/<tenant>/`. Templates live
+//! in [`templates`].
+
+pub mod templates;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::SyncMode;
+use crate::db::{Db, DbError};
+use crate::ids::{TaskId, TenantId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("result file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Dead,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Dead => "dead",
+        }
+    }
+    fn parse(s: &str) -> TaskStatus {
+        match s {
+            "running" => TaskStatus::Running,
+            "succeeded" => TaskStatus::Succeeded,
+            "failed" => TaskStatus::Failed,
+            "dead" => TaskStatus::Dead,
+            _ => TaskStatus::Queued,
+        }
+    }
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Dead)
+    }
+}
+
+/// A new task as accepted by the API.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub task_id: TaskId,
+    pub tenant: TenantId,
+    pub template_id: String,
+    pub output_format: String,
+    pub priority: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskError {
+    /// Fault class, e.g. `timeout`, `bad_template`, `trap`.
+    pub class: String,
+    pub message: String,
+    /// Whether the service will try again.
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResultMeta {
+    pub size: u64,
+    pub media_type: String,
+    pub extension: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    #[serde(skip)]
+    pub tenant: String,
+    pub template_id: String,
+    pub output_format: String,
+    pub priority: i32,
+    pub status: TaskStatus,
+    pub attempts: u32,
+    pub error: Option<TaskError>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<ResultMeta>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id       TEXT PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    template_id   TEXT NOT NULL,
+    output_format TEXT NOT NULL,
+    priority      INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    error_class   TEXT,
+    error_message TEXT,
+    retryable     INTEGER,
+    created_at    INTEGER NOT NULL,
+    started_at    INTEGER,
+    finished_at   INTEGER,
+    result_size   INTEGER,
+    media_type    TEXT,
+    extension     TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
+";
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: Option<i64>) -> Option<DateTime<Utc>> {
+    v.and_then(|v| Utc.timestamp_millis_opt(v).single())
+}
+
+#[derive(Clone)]
+pub struct TaskStore {
+    db: Db,
+    results: PathBuf,
+}
+
+impl TaskStore {
+    pub fn open(data_dir: &Path, sync: SyncMode) -> Result<TaskStore, StoreError> {
+        let results = data_dir.join("results");
+        std::fs::create_dir_all(&results).map_err(|source| StoreError::Io { path: results.clone(), source })?;
+        Ok(TaskStore { db: Db::open(&data_dir.join("tasks.db"), sync, SCHEMA)?, results })
+    }
+
+    pub async fn insert(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
+        self.db
+            .write(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO tasks (task_id, tenant, template_id, output_format, priority, status, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+                )?;
+                for t in &tasks {
+                    stmt.execute(params![
+                        t.task_id.as_str(),
+                        t.tenant.as_str(),
+                        t.template_id,
+                        t.output_format,
+                        t.priority,
+                        ms(t.created_at)
+                    ])?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Forget tasks whose message never reached the queue.
+    pub async fn remove(&self, ids: Vec<TaskId>) -> Result<(), StoreError> {
+        self.db
+            .write(move |c| {
+                for id in &ids {
+                    c.execute("DELETE FROM tasks WHERE task_id = ?1", [id.as_str()])?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Mark a delivery as started. Returns the status it had before, or
+    /// `None` if the task is unknown.
+    pub async fn start(&self, id: &TaskId, attempt: u32) -> Result<Option<TaskStatus>, StoreError> {
+        let id = id.to_string();
+        Ok(self
+            .db
+            .write(move |c| {
+                let before: Option<String> =
+                    c.query_row("SELECT status FROM tasks WHERE task_id = ?1", [&id], |r| r.get(0)).optional()?;
+                let Some(before) = before.map(|s| TaskStatus::parse(&s)) else { return Ok(None) };
+                if !before.is_final() {
+                    c.execute(
+                        "UPDATE tasks SET status = 'running', attempts = ?2, started_at = ?3 WHERE task_id = ?1",
+                        params![id, attempt, ms(Utc::now())],
+                    )?;
+                }
+                Ok(Some(before))
+            })
+            .await?)
+    }
+
+    /// Write the result file durably, then record success.
+    pub async fn succeed(&self, tenant: &TenantId, id: &TaskId, bytes: Vec<u8>, media_type: String, extension: String) -> Result<(), StoreError> {
+        let path = self.result_path(tenant, id, &extension);
+        let size = bytes.len() as u64;
+        let write_path = path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&write_path, &bytes))
+            .await
+            .map_err(|e| StoreError::Io { path: path.clone(), source: std::io::Error::other(e) })?
+            .map_err(|source| StoreError::Io { path, source })?;
+        let id = id.to_string();
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE tasks SET status = 'succeeded', finished_at = ?2, result_size = ?3, media_type = ?4,
+                     extension = ?5, error_class = NULL, error_message = NULL, retryable = NULL WHERE task_id = ?1",
+                    params![id, ms(Utc::now()), size as i64, media_type, extension],
+                )
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Record a failure; `status` is `Queued` (will retry), `Failed` or `Dead`.
+    pub async fn fail(&self, id: &TaskId, status: TaskStatus, error: TaskError) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.db
+            .write(move |c| {
+                let finished = status.is_final().then(|| ms(Utc::now()));
+                c.execute(
+                    "UPDATE tasks SET status = ?2, error_class = ?3, error_message = ?4, retryable = ?5, finished_at = ?6
+                     WHERE task_id = ?1 AND status != 'succeeded'",
+                    params![id, status.as_str(), error.class, error.message, error.retryable, finished],
+                )
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, tenant: &TenantId, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        Ok(self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT task_id, tenant, template_id, output_format, priority, status, attempts, error_class,
+                            error_message, retryable, created_at, started_at, finished_at, result_size, media_type, extension
+                     FROM tasks WHERE task_id = ?1 AND tenant = ?2",
+                    [&id, &tenant],
+                    |r| {
+                        let status = TaskStatus::parse(&r.get::<_, String>(5)?);
+                        let error = match r.get::<_, Option<String>>(7)? {
+                            Some(class) => Some(TaskError {
+                                class,
+                                message: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                                retryable: r.get::<_, Option<bool>>(9)?.unwrap_or(false),
+                            }),
+                            None => None,
+                        };
+                        let result = match (status, r.get::<_, Option<i64>>(13)?) {
+                            (TaskStatus::Succeeded, Some(size)) => Some(ResultMeta {
+                                size: size as u64,
+                                media_type: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
+                                extension: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
+                            }),
+                            _ => None,
+                        };
+                        Ok(TaskRecord {
+                            task_id: r.get(0)?,
+                            tenant: r.get(1)?,
+                            template_id: r.get(2)?,
+                            output_format: r.get(3)?,
+                            priority: r.get(4)?,
+                            status,
+                            attempts: r.get(6)?,
+                            error,
+                            created_at: from_ms(r.get(10)?).unwrap_or_default(),
+                            started_at: from_ms(r.get(11)?),
+                            finished_at: from_ms(r.get(12)?),
+                            result,
+                        })
+                    },
+                )
+                .optional()
+            })
+            .await?)
+    }
+
+    /// Number of tasks in each status.
+    pub async fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        Ok(self
+            .db
+            .read(|c| {
+                let mut stmt = c.prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
+                stmt.query_map([], |r| Ok((TaskStatus::parse(&r.get::<_, String>(0)?), r.get::<_, i64>(1)? as u64)))?
+                    .collect()
+            })
+            .await?)
+    }
+
+    pub fn result_path(&self, tenant: &TenantId, id: &TaskId, extension: &str) -> PathBuf {
+        // Ids are validated types and the extension comes from plugin metadata
+        // checked at load time, so this stays inside `results/`.
+        self.results.join(tenant.as_str()).join(format!("{id}.{extension}"))
+    }
+}
+
+/// Write to a temporary file, fsync, rename over `path`.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,120 @@
+//! The worker: turns one delivered task message into a stored result or a
+//! recorded failure, and tells the queue what to do with the message.
+//! It knows the store, the templates and the plugin sandbox; it does not
+//! know which queue backend delivered the message.
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use tracing::Instrument;
+
+use crate::plugin::{Fault, PluginHost, Retry};
+use crate::queue::{Delivery, Disposition, TaskHandler};
+use crate::store::templates::{TemplateError, TemplateStore};
+use crate::store::{TaskError, TaskStatus, TaskStore};
+
+pub struct Worker {
+    pub store: TaskStore,
+    pub templates: TemplateStore,
+    pub plugins: Arc<PluginHost>,
+}
+
+#[async_trait]
+impl TaskHandler for Worker {
+    async fn handle(&self, delivery: Delivery) -> Disposition {
+        let m = &delivery.message;
+        let span = tracing::info_span!(
+            "task",
+            task_id = %m.task_id,
+            tenant = %m.tenant,
+            template_id = %m.template_id,
+            format = %m.output_format,
+            attempt = delivery.attempt,
+        );
+        self.run(&delivery).instrument(span).await
+    }
+}
+
+impl Worker {
+    async fn run(&self, d: &Delivery) -> Disposition {
+        let m = &d.message;
+        match self.store.start(&m.task_id, d.attempt).await {
+            Ok(Some(before)) if before.is_final() => {
+                tracing::info!(status = before.as_str(), "duplicate delivery of a finished task; acknowledged");
+                return Disposition::Ack;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::warn!("message for a task this store does not know; dropped");
+                return Disposition::Dead { reason: "unknown task".into() };
+            }
+            Err(e) => return Disposition::Retry { reason: format!("task store: {e}") },
+        }
+        let started = std::time::Instant::now();
+        let outcome = self.render(d).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match outcome {
+            Ok(doc) => {
+                let size = doc.bytes.len();
+                match self.store.succeed(&m.tenant, &m.task_id, doc.bytes, doc.media_type, doc.extension).await {
+                    Ok(()) => {
+                        tracing::info!(elapsed_ms, size, "task succeeded");
+                        Disposition::Ack
+                    }
+                    Err(e) => Disposition::Retry { reason: format!("storing the result: {e}") },
+                }
+            }
+            Err(fault) => self.fail(d, fault, elapsed_ms).await,
+        }
+    }
+
+    async fn render(&self, d: &Delivery) -> Result<crate::plugin::Rendered, Fault> {
+        let m = &d.message;
+        let format = self.plugins.format(&m.output_format).ok_or_else(|| Fault::NoPlugin(m.output_format.clone()))?;
+        let (name, template) = match self.templates.find(&m.tenant, &m.template_id, &format.template_kinds).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return Err(Fault::Unsupported {
+                    message: format!(
+                        "template {:?} has no file of a kind format {:?} renders from ({})",
+                        m.template_id.as_str(),
+                        format.name,
+                        format.template_kinds.join(", ")
+                    ),
+                    location: None,
+                });
+            }
+            Err(TemplateError::NotFound(id)) => {
+                return Err(Fault::BadTemplate { message: format!("template {id:?} not found"), location: None });
+            }
+            Err(e) => return Err(Fault::Host(e.to_string())),
+        };
+        let plugins = self.plugins.clone();
+        let (fmt, data) = (m.output_format.clone(), m.data.get().to_owned());
+        let options = vec![("attempt".to_string(), d.attempt.to_string())];
+        tokio::task::spawn_blocking(move || plugins.render(&fmt, &name, template, data, options))
+            .await
+            .map_err(|e| Fault::Host(format!("render thread: {e}")))?
+    }
+
+    async fn fail(&self, d: &Delivery, fault: Fault, elapsed_ms: f64) -> Disposition {
+        let reason = fault.to_string();
+        let (status, disposition) = match fault.retry() {
+            Retry::Permanent => (TaskStatus::Failed, Disposition::Ack),
+            Retry::Transient if d.is_last_attempt() => (
+                TaskStatus::Dead,
+                Disposition::Dead { reason: format!("{reason} (after {} attempts)", d.attempt) },
+            ),
+            Retry::Transient => (TaskStatus::Queued, Disposition::Retry { reason: reason.clone() }),
+        };
+        tracing::warn!(class = fault.class(), status = status.as_str(), elapsed_ms, %reason, "task failed");
+        let error = TaskError {
+            class: fault.class().into(),
+            message: reason,
+            retryable: status == TaskStatus::Queued,
+        };
+        match self.store.fail(&d.message.task_id, status, error).await {
+            Ok(()) => disposition,
+            Err(e) => Disposition::Retry { reason: format!("recording the failure: {e}") },
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! A plugin that misbehaves on request. The template's first word says what
+//! to do, an optional `:N` argument says how much:
+//!
+//! | template        | behaviour                                              |
+//! |-----------------|--------------------------------------------------------|
+//! | `ok`            | returns the data as the document                       |
+//! | `loop`          | spins forever                                          |
+//! | `alloc`         | allocates until allocation fails                       |
+//! | `trap`          | panics (a wasm trap)                                   |
+//! | `big:N`         | returns an N-byte document                             |
+//! | `stdout:N`      | writes N bytes to stdout and N to stderr, then `ok`    |
+//! | `fail-internal` | returns a transient `internal` error                   |
+//! | `fail-template` | returns a permanent `bad-template` error               |
+//! | `fail-until:N`  | `internal` error while option `attempt` < N, then `ok` |
+//! | `probe`         | tries file, env, socket access; reports what worked    |
+use export_host_plugin_kit::*;
+use std::io::Write;
+
+struct Chaos;
+
+impl Plugin for Chaos {
+    fn info() -> PluginInfo {
+        PluginInfo::new("chaos", "0.1.0").format(OutputFormat::new("chaos", "text/plain", "txt", &["chaos"]))
+    }
+
+    fn render(req: RenderRequest) -> Result<Document, RenderError> {
+        let text = req.template_text()?.trim().to_string();
+        let (cmd, arg) = match text.split_once(':') {
+            Some((c, a)) => (c.to_string(), a.trim().parse::<u64>().unwrap_or(0)),
+            None => (text.clone(), 0),
+        };
+        let ok = |bytes: Vec<u8>| Ok(Document::new(bytes, "text/plain", "txt"));
+        match cmd.as_str() {
+            "ok" => ok(req.data.clone().into_bytes()),
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut chunks: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    let mut v = vec![0u8; 1 << 20];
+                    v[0] = 1;
+                    chunks.push(std::hint::black_box(v));
+                }
+            }
+            "trap" => panic!("chaos guest asked to trap"),
+            "big" => ok(vec![b'x'; arg as usize]),
+            "stdout" => {
+                let chunk = vec![b'o'; 64 * 1024];
+                let mut left = arg as usize;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    let _ = std::io::stdout().write_all(&chunk[..n]);
+                    let _ = std::io::stderr().write_all(&chunk[..n]);
+                    left -= n;
+                }
+                ok(req.data.clone().into_bytes())
+            }
+            "fail-internal" => Err(RenderError::internal("chaos: transient failure")),
+            "fail-template" => Err(RenderError::bad_template("chaos: bad template")),
+            "fail-until" => {
+                let attempt: u64 = req.option("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
+                if attempt < arg {
+                    Err(RenderError::internal(format!("chaos: attempt {attempt} < {arg}")))
+                } else {
+                    ok(format!("ok after {attempt}").into_bytes())
+                }
+            }
+            "probe" => {
+                let file = std::fs::read("/etc/passwd").is_ok() || std::fs::read_dir(".").is_ok();
+                let env = std::env::vars().count() > 0;
+                let net = std::net::TcpStream::connect("127.0.0.1:80").is_ok();
+                ok(format!("file={file} env={env} net={net}").into_bytes())
+            }
+            other => Err(RenderError::bad_template(format!("unknown chaos command {other:?}"))),
+        }
+    }
+}
+
+export_plugin!(Chaos);
