@@ -12,7 +12,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config value `{key}`: {message}")]
@@ -20,7 +23,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -44,7 +50,9 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:8000".into() }
+        ServerConfig {
+            listen: "127.0.0.1:8000".into(),
+        }
     }
 }
 
@@ -83,7 +91,11 @@ pub enum SyncMode {
 
 impl Default for EmbeddedQueueConfig {
     fn default() -> Self {
-        EmbeddedQueueConfig { retry_backoff_ms: 1000, retry_backoff_max_ms: 60_000, sync: SyncMode::Full }
+        EmbeddedQueueConfig {
+            retry_backoff_ms: 1000,
+            retry_backoff_max_ms: 60_000,
+            sync: SyncMode::Full,
+        }
     }
 }
 
@@ -96,7 +108,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { data_dir: PathBuf::from("data") }
+        StorageConfig {
+            data_dir: PathBuf::from("data"),
+        }
     }
 }
 
@@ -111,7 +125,10 @@ pub struct PluginsConfig {
 
 impl Default for PluginsConfig {
     fn default() -> Self {
-        PluginsConfig { dir: PathBuf::from("plugins/dist"), cache_dir: None }
+        PluginsConfig {
+            dir: PathBuf::from("plugins/dist"),
+            cache_dir: None,
+        }
     }
 }
 
@@ -220,14 +237,18 @@ impl Default for RocketMqConfig {
 impl Config {
     /// Read, parse and validate a YAML config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -235,27 +256,42 @@ impl Config {
     /// Check values serde cannot: ranges, consistency between keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("server.listen", format!("{:?} is not host:port", self.server.listen)));
+            return Err(invalid(
+                "server.listen",
+                format!("{:?} is not host:port", self.server.listen),
+            ));
         }
         match (self.queue.backend, self.rocketmq.enabled) {
             (Some(Backend::Embedded), true) => {
-                return Err(invalid("rocketmq.enabled", "is true but queue.backend is `embedded`"));
+                return Err(invalid(
+                    "rocketmq.enabled",
+                    "is true but queue.backend is `embedded`",
+                ));
             }
             (Some(Backend::Rocketmq), false) => {
-                return Err(invalid("rocketmq.enabled", "is false but queue.backend is `rocketmq`"));
+                return Err(invalid(
+                    "rocketmq.enabled",
+                    "is false but queue.backend is `rocketmq`",
+                ));
             }
             _ => {}
         }
         let e = &self.queue.embedded;
         if e.retry_backoff_max_ms < e.retry_backoff_ms {
-            return Err(invalid("queue.embedded.retry_backoff_max_ms", "must be >= retry_backoff_ms"));
+            return Err(invalid(
+                "queue.embedded.retry_backoff_max_ms",
+                "must be >= retry_backoff_ms",
+            ));
         }
         let l = &self.limits;
         if l.timeout_ms == 0 {
             return Err(invalid("limits.timeout_ms", "must be > 0"));
         }
         if l.memory_mb == 0 || l.memory_mb > 4096 {
-            return Err(invalid("limits.memory_mb", "must be in 1..=4096 (wasm32 address space)"));
+            return Err(invalid(
+                "limits.memory_mb",
+                "must be in 1..=4096 (wasm32 address space)",
+            ));
         }
         if l.output_mb == 0 {
             return Err(invalid("limits.output_mb", "must be > 0"));
@@ -279,10 +315,16 @@ impl Config {
             return Err(invalid("rocketmq.max_message_size", "must be > 0"));
         }
         if r.consumer_thread_min == 0 || r.consumer_thread_min > r.consumer_thread_max {
-            return Err(invalid("rocketmq.consumer_thread_min", "must be in 1..=consumer_thread_max"));
+            return Err(invalid(
+                "rocketmq.consumer_thread_min",
+                "must be in 1..=consumer_thread_max",
+            ));
         }
         if r.consume_message_batch_max_size == 0 {
-            return Err(invalid("rocketmq.consume_message_batch_max_size", "must be > 0"));
+            return Err(invalid(
+                "rocketmq.consume_message_batch_max_size",
+                "must be > 0",
+            ));
         }
         if r.pull_batch_size == 0 {
             return Err(invalid("rocketmq.pull_batch_size", "must be > 0"));
@@ -291,24 +333,36 @@ impl Config {
             return Err(invalid("rocketmq.consume_timeout", "must be > 0 (minutes)"));
         }
         if r.access_key.is_some() != r.secret_key.is_some() {
-            return Err(invalid("rocketmq.secret_key", "access_key and secret_key must be set together"));
+            return Err(invalid(
+                "rocketmq.secret_key",
+                "access_key and secret_key must be set together",
+            ));
         }
         Ok(())
     }
 
     pub fn backend(&self) -> Backend {
-        self.queue.backend.unwrap_or(if self.rocketmq.enabled { Backend::Rocketmq } else { Backend::Embedded })
+        self.queue.backend.unwrap_or(if self.rocketmq.enabled {
+            Backend::Rocketmq
+        } else {
+            Backend::Embedded
+        })
     }
 
     pub fn worker_concurrency(&self) -> usize {
         match self.worker.concurrency {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             n => n,
         }
     }
 
     pub fn plugin_cache_dir(&self) -> PathBuf {
-        self.plugins.cache_dir.clone().unwrap_or_else(|| self.storage.data_dir.join("plugin-cache"))
+        self.plugins
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.storage.data_dir.join("plugin-cache"))
     }
 
     /// Total deliveries of one task before it is dead-lettered.
@@ -364,8 +418,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let err = parse("rocketmq:\n  consumer_thread_min: 9\n  consumer_thread_max: 2\n").expect_err("min > max");
-        assert!(err.to_string().contains("rocketmq.consumer_thread_min"), "{err}");
+        let err = parse("rocketmq:\n  consumer_thread_min: 9\n  consumer_thread_max: 2\n")
+            .expect_err("min > max");
+        assert!(
+            err.to_string().contains("rocketmq.consumer_thread_min"),
+            "{err}"
+        );
         let err = parse("limits:\n  timeout_ms: 0\n").expect_err("zero timeout");
         assert!(err.to_string().contains("limits.timeout_ms"), "{err}");
         let err = parse("queue:\n  backend: rocketmq\n").expect_err("backend without enabled");

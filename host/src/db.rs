@@ -37,10 +37,20 @@ pub struct Db {
 fn open_conn(path: &Path, sync: SyncMode) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if sync == SyncMode::Full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if sync == SyncMode::Full {
+            "FULL"
+        } else {
+            "NORMAL"
+        },
+    )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(conn)
 }
@@ -52,12 +62,18 @@ impl Db {
         writer.execute_batch(schema)?;
         let reader = open_conn(path, sync)?;
         let (tx, rx) = mpsc::channel::<Job>();
-        let name = format!("db-writer:{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("?"));
+        let name = format!(
+            "db-writer:{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("?")
+        );
         std::thread::Builder::new()
             .name(name)
             .spawn(move || writer_loop(&mut writer, rx))
             .map_err(|e| DbError::Commit(format!("cannot start writer thread: {e}")))?;
-        Ok(Db { jobs: tx, reader: Arc::new(Mutex::new(reader)) })
+        Ok(Db {
+            jobs: tx,
+            reader: Arc::new(Mutex::new(reader)),
+        })
     }
 
     fn submit<T, F>(&self, f: F) -> tokio::sync::oneshot::Receiver<Result<T, DbError>>
@@ -111,7 +127,9 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.submit(f).blocking_recv().map_err(|_| DbError::Closed)?
+        self.submit(f)
+            .blocking_recv()
+            .map_err(|_| DbError::Closed)?
     }
 
     /// Run a read-only query on the reader connection.
@@ -167,12 +185,19 @@ mod tests {
     #[tokio::test]
     async fn writes_are_visible_to_reads_and_failures_roll_back_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(&dir.path().join("t.db"), SyncMode::Normal, "CREATE TABLE t (x INTEGER UNIQUE);")
-            .expect("open");
+        let db = Db::open(
+            &dir.path().join("t.db"),
+            SyncMode::Normal,
+            "CREATE TABLE t (x INTEGER UNIQUE);",
+        )
+        .expect("open");
         let mut waits = Vec::new();
         for x in [1, 2, 2, 3] {
             let db = db.clone();
-            waits.push(tokio::spawn(async move { db.write(move |c| c.execute("INSERT INTO t VALUES (?1)", [x])).await }));
+            waits.push(tokio::spawn(async move {
+                db.write(move |c| c.execute("INSERT INTO t VALUES (?1)", [x]))
+                    .await
+            }));
         }
         let mut failures = 0;
         for w in waits {
@@ -181,7 +206,10 @@ mod tests {
             }
         }
         assert_eq!(failures, 1, "the duplicate insert fails on its own");
-        let n: i64 = db.read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))).await.expect("read");
+        let n: i64 = db
+            .read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))
+            .await
+            .expect("read");
         assert_eq!(n, 3);
     }
 }

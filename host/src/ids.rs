@@ -17,7 +17,11 @@ pub struct IdError {
 /// Check an id: 1..=128 chars of `[A-Za-z0-9._-]`, not starting with `.`.
 /// That excludes `/`, `\`, `..` as a path component, NUL and whitespace.
 pub fn validate(what: &'static str, id: &str) -> Result<(), IdError> {
-    let err = |reason| IdError { what, shown: id.chars().take(64).collect(), reason };
+    let err = |reason| IdError {
+        what,
+        shown: id.chars().take(64).collect(),
+        reason,
+    };
     if id.is_empty() {
         return Err(err("must not be empty"));
     }
@@ -27,7 +31,10 @@ pub fn validate(what: &'static str, id: &str) -> Result<(), IdError> {
     if id.starts_with('.') {
         return Err(err("must not start with '.'"));
     }
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
         return Err(err("only letters, digits, '.', '_' and '-' are allowed"));
     }
     Ok(())
@@ -98,8 +105,15 @@ impl FileName {
     pub fn parse(s: &str) -> Result<FileName, IdError> {
         validate("file name", s)?;
         match s.rfind('.') {
-            Some(i) if i > 0 && i + 1 < s.len() => Ok(FileName { name: s.to_owned(), kind_at: i + 1 }),
-            _ => Err(IdError { what: "file name", shown: s.into(), reason: "needs an extension, e.g. letter.html" }),
+            Some(i) if i > 0 && i + 1 < s.len() => Ok(FileName {
+                name: s.to_owned(),
+                kind_at: i + 1,
+            }),
+            _ => Err(IdError {
+                what: "file name",
+                shown: s.into(),
+                reason: "needs an extension, e.g. letter.html",
+            }),
         }
     }
     pub fn as_str(&self) -> &str {
@@ -117,17 +131,33 @@ mod tests {
 
     #[test]
     fn traversal_and_junk_are_refused() {
-        for bad in ["", "..", "../etc", "a/b", "a\\b", ".hidden", "a\0b", "a b", &"x".repeat(129)] {
+        for bad in [
+            "",
+            "..",
+            "../etc",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "a\0b",
+            "a b",
+            &"x".repeat(129),
+        ] {
             assert!(TemplateId::parse(bad).is_err(), "{bad:?} should be refused");
         }
         for good in ["invoice", "invoice-2024_v1.2", "A"] {
-            assert!(TemplateId::parse(good).is_ok(), "{good:?} should be accepted");
+            assert!(
+                TemplateId::parse(good).is_ok(),
+                "{good:?} should be accepted"
+            );
         }
     }
 
     #[test]
     fn file_names_have_kinds() {
-        assert_eq!(FileName::parse("Letter.HTML").expect("valid").kind(), "html");
+        assert_eq!(
+            FileName::parse("Letter.HTML").expect("valid").kind(),
+            "html"
+        );
         assert!(FileName::parse("noext").is_err());
         assert!(FileName::parse("trailing.").is_err());
     }

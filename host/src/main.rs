@@ -10,7 +10,11 @@ use export_host::server::{Server, plugin_host};
 use export_host::shutdown::Shutdown;
 
 #[derive(Parser)]
-#[command(name = "export-host", version, about = "Templates + JSON -> documents in sandboxed WebAssembly plugins")]
+#[command(
+    name = "export-host",
+    version,
+    about = "Templates + JSON -> documents in sandboxed WebAssembly plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,9 +81,12 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
     let json = std::env::var("EXPORT_HOST_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -90,13 +97,20 @@ fn init_tracing() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { config, listen, data_dir, plugins } => {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            plugins,
+        } => {
             let mut config = load_config(config.as_ref())?;
             if let Some(l) = listen {
                 config.server.listen = l;
@@ -111,8 +125,16 @@ async fn run(cli: Cli) -> Result<()> {
             let shutdown = Shutdown::new();
             shutdown.on_signals();
             let backend = config.backend();
-            let server = Server::start(config, shutdown).await.context("cannot start the service")?;
-            let formats: Vec<String> = server.state.plugins.formats().into_iter().map(|f| f.name).collect();
+            let server = Server::start(config, shutdown)
+                .await
+                .context("cannot start the service")?;
+            let formats: Vec<String> = server
+                .state
+                .plugins
+                .formats()
+                .into_iter()
+                .map(|f| f.name)
+                .collect();
             tracing::info!(addr = %server.addr, ?backend, ?formats, "export-host serving");
             // One machine-readable line on stdout for scripts and tests.
             println!("export-host listening on http://{}", server.addr);
@@ -120,7 +142,14 @@ async fn run(cli: Cli) -> Result<()> {
             server.wait().await?;
             Ok(())
         }
-        Command::Render { template, data, format, out, config, plugins } => {
+        Command::Render {
+            template,
+            data,
+            format,
+            out,
+            config,
+            plugins,
+        } => {
             let mut config = load_config(config.as_ref())?;
             if let Some(p) = plugins {
                 config.plugins.dir = p;
@@ -128,34 +157,63 @@ async fn run(cli: Cli) -> Result<()> {
             let host = plugin_host(&config)?;
             let Some(info) = host.format(&format) else {
                 let available: Vec<String> = host.formats().into_iter().map(|f| f.name).collect();
-                bail!("unknown format {format:?}; available: {}", available.join(", "));
+                bail!(
+                    "unknown format {format:?}; available: {}",
+                    available.join(", ")
+                );
             };
-            let name = template.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let kind = template.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+            let name = template
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let kind = template
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
             if !info.template_kinds.contains(&kind) {
-                bail!("format {format:?} renders from {} files, not {name:?}", info.template_kinds.join(", "));
+                bail!(
+                    "format {format:?} renders from {} files, not {name:?}",
+                    info.template_kinds.join(", ")
+                );
             }
-            let template_bytes = std::fs::read(&template).with_context(|| format!("reading {}", template.display()))?;
-            let data_text = std::fs::read_to_string(&data).with_context(|| format!("reading {}", data.display()))?;
-            let value: serde_json::Value = serde_json::from_str(&data_text).with_context(|| format!("{} is not valid JSON", data.display()))?;
+            let template_bytes = std::fs::read(&template)
+                .with_context(|| format!("reading {}", template.display()))?;
+            let data_text = std::fs::read_to_string(&data)
+                .with_context(|| format!("reading {}", data.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&data_text)
+                .with_context(|| format!("{} is not valid JSON", data.display()))?;
             if !value.is_object() {
                 bail!("{} must hold a JSON object", data.display());
             }
             let started = std::time::Instant::now();
-            let doc = tokio::task::spawn_blocking(move || host.render(&format, &name, template_bytes, data_text, Vec::new()))
-                .await?
-                .map_err(|fault| anyhow::anyhow!("render failed ({}): {fault}", fault.class()))?;
-            std::fs::write(&out, &doc.bytes).with_context(|| format!("writing {}", out.display()))?;
-            eprintln!("wrote {} ({} bytes, {}) in {:.1} ms", out.display(), doc.bytes.len(), doc.media_type, started.elapsed().as_secs_f64() * 1000.0);
+            let doc = tokio::task::spawn_blocking(move || {
+                host.render(&format, &name, template_bytes, data_text, Vec::new())
+            })
+            .await?
+            .map_err(|fault| anyhow::anyhow!("render failed ({}): {fault}", fault.class()))?;
+            std::fs::write(&out, &doc.bytes)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "wrote {} ({} bytes, {}) in {:.1} ms",
+                out.display(),
+                doc.bytes.len(),
+                doc.media_type,
+                started.elapsed().as_secs_f64() * 1000.0
+            );
             Ok(())
         }
-        Command::Plugins { command: PluginsCommand::List { config, plugins } } => {
+        Command::Plugins {
+            command: PluginsCommand::List { config, plugins },
+        } => {
             let mut config = load_config(config.as_ref())?;
             if let Some(p) = plugins {
                 config.plugins.dir = p;
             }
             let host = plugin_host(&config)?;
-            println!("{:<24} {:<10} {:<10} {:<9} FORMATS / ERROR", "FILE", "PLUGIN", "VERSION", "STATUS");
+            println!(
+                "{:<24} {:<10} {:<10} {:<9} FORMATS / ERROR",
+                "FILE", "PLUGIN", "VERSION", "STATUS"
+            );
             for s in host.statuses() {
                 let detail = s.error.clone().unwrap_or_else(|| s.formats.join(", "));
                 println!(

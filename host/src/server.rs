@@ -17,7 +17,10 @@ use crate::worker::Worker;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot prepare data directory {path}: {source}")]
-    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -25,7 +28,10 @@ pub enum ServeError {
     #[error(transparent)]
     Plugin(#[from] crate::plugin::PluginError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("the {0} queue backend is not available in this build yet")]
     Backend(&'static str),
     #[error("server: {0}")]
@@ -34,7 +40,10 @@ pub enum ServeError {
 
 /// Load the plugins of `config` into a new sandbox host.
 pub fn plugin_host(config: &Config) -> Result<PluginHost, crate::plugin::PluginError> {
-    let host = PluginHost::new(Limits::from_config(&config.limits), config.plugin_cache_dir())?;
+    let host = PluginHost::new(
+        Limits::from_config(&config.limits),
+        config.plugin_cache_dir(),
+    )?;
     host.load_dir(&config.plugins.dir)?;
     Ok(host)
 }
@@ -51,10 +60,16 @@ impl Server {
     /// socket is bound.
     pub async fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServeError> {
         let data_dir = config.storage.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::DataDir { path: data_dir.clone(), source })?;
+        std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
         let sync = config.queue.embedded.sync;
         let store = TaskStore::open(&data_dir, sync)?;
-        let templates = TemplateStore::open(&data_dir).map_err(|source| ServeError::DataDir { path: data_dir.clone(), source })?;
+        let templates = TemplateStore::open(&data_dir).map_err(|source| ServeError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
         let plugins = Arc::new(tokio::task::block_in_place(|| plugin_host(&config))?);
         let queue: Arc<dyn TaskQueue> = match config.backend() {
             Backend::Embedded => Arc::new(
@@ -68,14 +83,29 @@ impl Server {
             ),
             Backend::Rocketmq => return Err(ServeError::Backend("rocketmq")),
         };
-        let worker = Arc::new(Worker { store: store.clone(), templates: templates.clone(), plugins: plugins.clone() });
-        queue.start_consuming(worker, config.worker_concurrency()).await?;
+        let worker = Arc::new(Worker {
+            store: store.clone(),
+            templates: templates.clone(),
+            plugins: plugins.clone(),
+        });
+        queue
+            .start_consuming(worker, config.worker_concurrency())
+            .await?;
 
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await
-            .map_err(|source| ServeError::Bind { addr: config.server.listen.clone(), source })?;
+            .map_err(|source| ServeError::Bind {
+                addr: config.server.listen.clone(),
+                source,
+            })?;
         let addr = listener.local_addr().map_err(ServeError::Serve)?;
-        let state = AppState { config: Arc::new(config), store, templates, queue: queue.clone(), plugins };
+        let state = AppState {
+            config: Arc::new(config),
+            store,
+            templates,
+            queue: queue.clone(),
+            plugins,
+        };
         let app = api::router(state.clone());
         let task = tokio::spawn(async move {
             let down = shutdown.clone();
@@ -92,6 +122,8 @@ impl Server {
 
     /// Wait until the server has stopped (after shutdown was triggered).
     pub async fn wait(self) -> Result<(), ServeError> {
-        self.task.await.map_err(|e| ServeError::Serve(std::io::Error::other(e)))?
+        self.task
+            .await
+            .map_err(|e| ServeError::Serve(std::io::Error::other(e)))?
     }
 }

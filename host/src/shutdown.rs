@@ -18,7 +18,10 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Shutdown {
         let (tx, rx) = watch::channel(false);
-        Shutdown { tx: std::sync::Arc::new(tx), rx }
+        Shutdown {
+            tx: std::sync::Arc::new(tx),
+            rx,
+        }
     }
 
     pub fn trigger(&self) {

@@ -39,15 +39,24 @@ impl Worker {
         let m = &d.message;
         match self.store.start(&m.task_id, d.attempt).await {
             Ok(Some(before)) if before.is_final() => {
-                tracing::info!(status = before.as_str(), "duplicate delivery of a finished task; acknowledged");
+                tracing::info!(
+                    status = before.as_str(),
+                    "duplicate delivery of a finished task; acknowledged"
+                );
                 return Disposition::Ack;
             }
             Ok(Some(_)) => {}
             Ok(None) => {
                 tracing::warn!("message for a task this store does not know; dropped");
-                return Disposition::Dead { reason: "unknown task".into() };
+                return Disposition::Dead {
+                    reason: "unknown task".into(),
+                };
             }
-            Err(e) => return Disposition::Retry { reason: format!("task store: {e}") },
+            Err(e) => {
+                return Disposition::Retry {
+                    reason: format!("task store: {e}"),
+                };
+            }
         }
         let started = std::time::Instant::now();
         let outcome = self.render(d).await;
@@ -55,12 +64,24 @@ impl Worker {
         match outcome {
             Ok(doc) => {
                 let size = doc.bytes.len();
-                match self.store.succeed(&m.tenant, &m.task_id, doc.bytes, doc.media_type, doc.extension).await {
+                match self
+                    .store
+                    .succeed(
+                        &m.tenant,
+                        &m.task_id,
+                        doc.bytes,
+                        doc.media_type,
+                        doc.extension,
+                    )
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!(elapsed_ms, size, "task succeeded");
                         Disposition::Ack
                     }
-                    Err(e) => Disposition::Retry { reason: format!("storing the result: {e}") },
+                    Err(e) => Disposition::Retry {
+                        reason: format!("storing the result: {e}"),
+                    },
                 }
             }
             Err(fault) => self.fail(d, fault, elapsed_ms).await,
@@ -69,8 +90,15 @@ impl Worker {
 
     async fn render(&self, d: &Delivery) -> Result<crate::plugin::Rendered, Fault> {
         let m = &d.message;
-        let format = self.plugins.format(&m.output_format).ok_or_else(|| Fault::NoPlugin(m.output_format.clone()))?;
-        let (name, template) = match self.templates.find(&m.tenant, &m.template_id, &format.template_kinds).await {
+        let format = self
+            .plugins
+            .format(&m.output_format)
+            .ok_or_else(|| Fault::NoPlugin(m.output_format.clone()))?;
+        let (name, template) = match self
+            .templates
+            .find(&m.tenant, &m.template_id, &format.template_kinds)
+            .await
+        {
             Ok(Some(found)) => found,
             Ok(None) => {
                 return Err(Fault::Unsupported {
@@ -84,7 +112,10 @@ impl Worker {
                 });
             }
             Err(TemplateError::NotFound(id)) => {
-                return Err(Fault::BadTemplate { message: format!("template {id:?} not found"), location: None });
+                return Err(Fault::BadTemplate {
+                    message: format!("template {id:?} not found"),
+                    location: None,
+                });
             }
             Err(e) => return Err(Fault::Host(e.to_string())),
         };
@@ -102,9 +133,16 @@ impl Worker {
             Retry::Permanent => (TaskStatus::Failed, Disposition::Ack),
             Retry::Transient if d.is_last_attempt() => (
                 TaskStatus::Dead,
-                Disposition::Dead { reason: format!("{reason} (after {} attempts)", d.attempt) },
+                Disposition::Dead {
+                    reason: format!("{reason} (after {} attempts)", d.attempt),
+                },
             ),
-            Retry::Transient => (TaskStatus::Queued, Disposition::Retry { reason: reason.clone() }),
+            Retry::Transient => (
+                TaskStatus::Queued,
+                Disposition::Retry {
+                    reason: reason.clone(),
+                },
+            ),
         };
         tracing::warn!(class = fault.class(), status = status.as_str(), elapsed_ms, %reason, "task failed");
         let error = TaskError {
@@ -114,7 +152,9 @@ impl Worker {
         };
         match self.store.fail(&d.message.task_id, status, error).await {
             Ok(()) => disposition,
-            Err(e) => Disposition::Retry { reason: format!("recording the failure: {e}") },
+            Err(e) => Disposition::Retry {
+                reason: format!("recording the failure: {e}"),
+            },
         }
     }
 }

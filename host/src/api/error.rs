@@ -16,7 +16,15 @@ pub struct Envelope<T: Serialize> {
 
 /// A successful response with `data` and a human-readable `message`.
 pub fn ok<T: Serialize>(status: StatusCode, data: T, message: impl Into<String>) -> Response {
-    (status, Json(Envelope { success: true, data: Some(data), message: message.into() })).into_response()
+    (
+        status,
+        Json(Envelope {
+            success: true,
+            data: Some(data),
+            message: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 /// An error as the client sees it: a status, a message saying what to fix,
@@ -30,7 +38,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), data: None }
+        ApiError {
+            status,
+            message: message.into(),
+            data: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -58,7 +70,15 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(status = %self.status, message = %self.message, "request failed");
         }
-        (self.status, Json(Envelope { success: false, data: self.data, message: self.message })).into_response()
+        (
+            self.status,
+            Json(Envelope {
+                success: false,
+                data: self.data,
+                message: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -77,7 +97,9 @@ impl From<crate::store::StoreError> for ApiError {
 impl From<crate::store::templates::TemplateError> for ApiError {
     fn from(e: crate::store::templates::TemplateError) -> ApiError {
         match e {
-            crate::store::templates::TemplateError::NotFound(_) => ApiError::not_found(e.to_string()),
+            crate::store::templates::TemplateError::NotFound(_) => {
+                ApiError::not_found(e.to_string())
+            }
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -94,7 +116,10 @@ impl From<crate::queue::QueueError> for ApiError {
 
 impl From<axum::extract::rejection::BytesRejection> for ApiError {
     fn from(e: axum::extract::rejection::BytesRejection) -> ApiError {
-        ApiError::new(e.status(), format!("cannot read request body: {}", e.body_text()))
+        ApiError::new(
+            e.status(),
+            format!("cannot read request body: {}", e.body_text()),
+        )
     }
 }
 

@@ -6,8 +6,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::json;
+use serde_json::value::RawValue;
 
 use super::AppState;
 use super::error::{ApiError, ok, parse_json};
@@ -38,14 +38,35 @@ struct BatchRequest {
     priority: Option<i32>,
 }
 
-pub async fn submit(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn submit(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let req: ExportRequest = parse_json(&body?)?;
-    let ids = accept(&app, &req.template_id, &req.output_format, req.priority, vec![req.data]).await?;
-    let task_id = ids.into_iter().next().map(|id| id.to_string()).unwrap_or_default();
-    Ok(ok(StatusCode::ACCEPTED, json!({ "task_id": task_id }), "export task queued"))
+    let ids = accept(
+        &app,
+        &req.template_id,
+        &req.output_format,
+        req.priority,
+        vec![req.data],
+    )
+    .await?;
+    let task_id = ids
+        .into_iter()
+        .next()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    Ok(ok(
+        StatusCode::ACCEPTED,
+        json!({ "task_id": task_id }),
+        "export task queued",
+    ))
 }
 
-pub async fn submit_batch(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn submit_batch(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let req: BatchRequest = parse_json(&body?)?;
     if req.data_list.is_empty() {
         return Err(ApiError::bad_request("data_list must not be empty"));
@@ -57,9 +78,20 @@ pub async fn submit_batch(State(app): State<AppState>, body: Result<Bytes, Bytes
         )));
     }
     let n = req.data_list.len();
-    let ids = accept(&app, &req.template_id, &req.output_format, req.priority, req.data_list).await?;
+    let ids = accept(
+        &app,
+        &req.template_id,
+        &req.output_format,
+        req.priority,
+        req.data_list,
+    )
+    .await?;
     let ids: Vec<String> = ids.into_iter().map(|id| id.to_string()).collect();
-    Ok(ok(StatusCode::ACCEPTED, json!({ "task_ids": ids }), format!("{n} export tasks queued")))
+    Ok(ok(
+        StatusCode::ACCEPTED,
+        json!({ "task_ids": ids }),
+        format!("{n} export tasks queued"),
+    ))
 }
 
 /// Validate, record and enqueue tasks; all or none are accepted.
@@ -74,13 +106,19 @@ async fn accept(
     let template_id = TemplateId::parse(template_id)?;
     let priority = priority.unwrap_or(0);
     if !(0..=9).contains(&priority) {
-        return Err(ApiError::bad_request(format!("priority {priority} is out of range 0..=9 (9 is most urgent)")));
+        return Err(ApiError::bad_request(format!(
+            "priority {priority} is out of range 0..=9 (9 is most urgent)"
+        )));
     }
     let Some(format) = app.plugins.format(output_format) else {
         let available: Vec<String> = app.plugins.formats().into_iter().map(|f| f.name).collect();
         return Err(ApiError::bad_request(format!(
             "unknown output_format {output_format:?}; available: {}",
-            if available.is_empty() { "none (no plugin loaded)".to_string() } else { available.join(", ") }
+            if available.is_empty() {
+                "none (no plugin loaded)".to_string()
+            } else {
+                available.join(", ")
+            }
         ))
         .with_data(json!({ "available_formats": available })));
     };
@@ -90,7 +128,11 @@ async fn accept(
         if text.len() > limit {
             return Err(ApiError::too_large(format!(
                 "data{} is {} bytes; the limit is {limit} bytes",
-                if data_list.len() > 1 { format!("_list[{i}]") } else { String::new() },
+                if data_list.len() > 1 {
+                    format!("_list[{i}]")
+                } else {
+                    String::new()
+                },
                 text.len()
             )));
         }
@@ -99,9 +141,16 @@ async fn accept(
         }
     }
     let Some(template) = app.templates.get(&tenant, &template_id).await? else {
-        return Err(ApiError::not_found(format!("template {:?} not found", template_id.as_str())));
+        return Err(ApiError::not_found(format!(
+            "template {:?} not found",
+            template_id.as_str()
+        )));
     };
-    if !template.files.iter().any(|f| format.template_kinds.contains(&f.kind)) {
+    if !template
+        .files
+        .iter()
+        .any(|f| format.template_kinds.contains(&f.kind))
+    {
         return Err(ApiError::bad_request(format!(
             "template {:?} has no file format {:?} renders from; upload one of kind: {}",
             template_id.as_str(),

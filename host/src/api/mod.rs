@@ -35,15 +35,23 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let limits = &state.config.limits;
     // Whole request bodies: a batch may carry many data documents.
-    let body_limit = limits.max_template_bytes.max(limits.max_data_bytes.saturating_mul(8));
+    let body_limit = limits
+        .max_template_bytes
+        .max(limits.max_data_bytes.saturating_mul(8));
     Router::new()
         .route("/api/v1/export", post(export::submit))
         .route("/api/v1/export/batch", post(export::submit_batch))
         .route("/api/v1/tasks/{task_id}", get(tasks::status))
         .route("/api/v1/tasks/{task_id}/result", get(tasks::result))
         .route("/api/v1/templates", get(templates::list))
-        .route("/api/v1/templates/{template_id}", get(templates::get).delete(templates::delete))
-        .route("/api/v1/templates/{template_id}/{file_name}", put(templates::put_file).get(templates::get_file))
+        .route(
+            "/api/v1/templates/{template_id}",
+            get(templates::get).delete(templates::delete),
+        )
+        .route(
+            "/api/v1/templates/{template_id}/{file_name}",
+            put(templates::put_file).get(templates::get_file),
+        )
         .route("/api/v1/formats", get(formats))
         .route("/api/v1/plugins", get(plugins))
         .route("/api/v1/queue/status", get(queue::status))
@@ -58,11 +66,19 @@ pub fn router(state: AppState) -> Router {
 async fn formats(State(app): State<AppState>) -> Response {
     let formats = app.plugins.formats();
     let n = formats.len();
-    ok(StatusCode::OK, json!({ "formats": formats }), format!("{n} formats"))
+    ok(
+        StatusCode::OK,
+        json!({ "formats": formats }),
+        format!("{n} formats"),
+    )
 }
 
 async fn plugins(State(app): State<AppState>) -> Response {
-    ok(StatusCode::OK, json!({ "plugins": app.plugins.statuses() }), "plugins")
+    ok(
+        StatusCode::OK,
+        json!({ "plugins": app.plugins.statuses() }),
+        "plugins",
+    )
 }
 
 async fn health() -> Response {

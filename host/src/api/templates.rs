@@ -23,12 +23,20 @@ pub async fn put_file(
     let body = body?;
     let limit = app.config.limits.max_template_bytes;
     if body.len() > limit {
-        return Err(ApiError::too_large(format!("template file is {} bytes; the limit is {limit}", body.len())));
+        return Err(ApiError::too_large(format!(
+            "template file is {} bytes; the limit is {limit}",
+            body.len()
+        )));
     }
     if body.is_empty() {
         return Err(ApiError::bad_request("template file is empty"));
     }
-    let known: Vec<String> = app.plugins.formats().into_iter().flat_map(|f| f.template_kinds).collect();
+    let known: Vec<String> = app
+        .plugins
+        .formats()
+        .into_iter()
+        .flat_map(|f| f.template_kinds)
+        .collect();
     if !known.contains(&file.kind()) {
         return Err(ApiError::bad_request(format!(
             "no loaded plugin renders from .{} files; known kinds: {}",
@@ -36,17 +44,31 @@ pub async fn put_file(
             known.join(", ")
         )));
     }
-    let info = app.templates.put(&tenant, &id, &file, body.to_vec()).await?;
-    Ok(ok(StatusCode::CREATED, info, format!("template file {} stored", file.as_str())))
+    let info = app
+        .templates
+        .put(&tenant, &id, &file, body.to_vec())
+        .await?;
+    Ok(ok(
+        StatusCode::CREATED,
+        info,
+        format!("template file {} stored", file.as_str()),
+    ))
 }
 
 pub async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
     let list = app.templates.list(&TenantId::default_tenant()).await?;
     let n = list.len();
-    Ok(ok(StatusCode::OK, json!({ "templates": list }), format!("{n} templates")))
+    Ok(ok(
+        StatusCode::OK,
+        json!({ "templates": list }),
+        format!("{n} templates"),
+    ))
 }
 
-pub async fn get(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = TemplateId::parse(&id)?;
     let info = app
         .templates
@@ -56,17 +78,37 @@ pub async fn get(State(app): State<AppState>, Path(id): Path<String>) -> Result<
     Ok(ok(StatusCode::OK, info, "template found"))
 }
 
-pub async fn get_file(State(app): State<AppState>, Path((id, file)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub async fn get_file(
+    State(app): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let id = TemplateId::parse(&id)?;
     let file = FileName::parse(&file)?;
-    let bytes = app.templates.read_file(&TenantId::default_tenant(), &id, &file).await?;
+    let bytes = app
+        .templates
+        .read_file(&TenantId::default_tenant(), &id, &file)
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
-pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = TemplateId::parse(&id)?;
-    if !app.templates.delete(&TenantId::default_tenant(), &id).await? {
-        return Err(ApiError::not_found(format!("template {:?} not found", id.as_str())));
+    if !app
+        .templates
+        .delete(&TenantId::default_tenant(), &id)
+        .await?
+    {
+        return Err(ApiError::not_found(format!(
+            "template {:?} not found",
+            id.as_str()
+        )));
     }
-    Ok(ok(StatusCode::OK, json!({ "template_id": id }), "template deleted"))
+    Ok(ok(
+        StatusCode::OK,
+        json!({ "template_id": id }),
+        "template deleted",
+    ))
 }

@@ -6,7 +6,9 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use export_host::plugin::types::{Document, ErrorInfo, OutputFormat, PluginInfo, RenderError, RenderRequest};
+pub use self::export_host::plugin::types::{
+    Document, ErrorInfo, OutputFormat, PluginInfo, RenderError, RenderRequest,
+};
 
 /// The WIT package this host was built against.
 pub const WIT_PACKAGE: &str = "export-host:plugin";

@@ -24,11 +24,15 @@ pub fn load(engine: &Engine, dir: &Path, bytes: &[u8]) -> wasmtime::Result<Compo
     if path.exists() {
         match deserialize(engine, &path) {
             Ok(c) => return Ok(c),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached plugin"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached plugin")
+            }
         }
     }
     let compiled = engine.precompile_component(bytes)?;
-    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| crate::store::write_atomically(&path, &compiled)) {
+    if let Err(e) =
+        std::fs::create_dir_all(dir).and_then(|()| crate::store::write_atomically(&path, &compiled))
+    {
         tracing::warn!(path = %path.display(), error = %e, "cannot write plugin cache");
     }
     deserialize(engine, &path).or_else(|_| Component::new(engine, bytes))

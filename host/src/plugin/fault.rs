@@ -17,13 +17,25 @@ pub enum Fault {
     #[error("plugin does not implement the host's contract: {0}")]
     WitMismatch(String),
     #[error("bad template{}: {message}", location_suffix(.location))]
-    BadTemplate { message: String, location: Option<String> },
+    BadTemplate {
+        message: String,
+        location: Option<String>,
+    },
     #[error("bad data{}: {message}", location_suffix(.location))]
-    BadData { message: String, location: Option<String> },
+    BadData {
+        message: String,
+        location: Option<String>,
+    },
     #[error("unsupported{}: {message}", location_suffix(.location))]
-    Unsupported { message: String, location: Option<String> },
+    Unsupported {
+        message: String,
+        location: Option<String>,
+    },
     #[error("plugin internal error{}: {message}", location_suffix(.location))]
-    Internal { message: String, location: Option<String> },
+    Internal {
+        message: String,
+        location: Option<String>,
+    },
     #[error("no plugin renders format {0:?}")]
     NoPlugin(String),
     #[error("host error: {0}")]
@@ -31,7 +43,10 @@ pub enum Fault {
 }
 
 fn location_suffix(location: &Option<String>) -> String {
-    location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default()
+    location
+        .as_ref()
+        .map(|l| format!(" at {l}"))
+        .unwrap_or_default()
 }
 
 /// Whether a fault ends the task or earns a retry.
@@ -77,10 +92,22 @@ impl Fault {
 impl From<RenderError> for Fault {
     fn from(e: RenderError) -> Fault {
         match e {
-            RenderError::BadTemplate(i) => Fault::BadTemplate { message: i.message, location: i.location },
-            RenderError::BadData(i) => Fault::BadData { message: i.message, location: i.location },
-            RenderError::Unsupported(i) => Fault::Unsupported { message: i.message, location: i.location },
-            RenderError::Internal(i) => Fault::Internal { message: i.message, location: i.location },
+            RenderError::BadTemplate(i) => Fault::BadTemplate {
+                message: i.message,
+                location: i.location,
+            },
+            RenderError::BadData(i) => Fault::BadData {
+                message: i.message,
+                location: i.location,
+            },
+            RenderError::Unsupported(i) => Fault::Unsupported {
+                message: i.message,
+                location: i.location,
+            },
+            RenderError::Internal(i) => Fault::Internal {
+                message: i.message,
+                location: i.location,
+            },
         }
     }
 }

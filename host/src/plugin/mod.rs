@@ -33,7 +33,10 @@ pub const TICK: Duration = Duration::from_millis(5);
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     #[error("plugin directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("wasm engine: {0}")]
     Engine(String),
 }
@@ -104,7 +107,8 @@ impl PluginHost {
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (weak, flag) = (engine.weak(), stop.clone());
@@ -121,7 +125,14 @@ impl PluginHost {
             })
             .map_err(|e| PluginError::Engine(e.to_string()))?;
 
-        Ok(PluginHost { engine, linker, limits, cache_dir, registry: RwLock::default(), _ticker: Ticker(stop) })
+        Ok(PluginHost {
+            engine,
+            linker,
+            limits,
+            cache_dir,
+            registry: RwLock::default(),
+            _ticker: Ticker(stop),
+        })
     }
 
     pub fn limits(&self) -> Limits {
@@ -131,7 +142,10 @@ impl PluginHost {
     /// Load every `*.wasm` in `dir`, replacing what was loaded before.
     /// Files that fail are listed in [`PluginHost::statuses`] with the reason.
     pub fn load_dir(&self, dir: &Path) -> Result<(), PluginError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Dir { path: dir.to_owned(), source })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
@@ -139,7 +153,10 @@ impl PluginHost {
         files.sort();
         let mut registry = Registry::default();
         for path in files {
-            let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
             match self.load_file(&path) {
                 Ok(loaded) => {
                     let loaded = Arc::new(loaded);
@@ -149,7 +166,9 @@ impl PluginHost {
                             tracing::warn!(format = %f.name, plugin = %loaded.name, kept = %other.name, "format offered twice; keeping the first");
                             continue;
                         }
-                        registry.by_format.insert(f.name.clone(), (loaded.clone(), f.clone()));
+                        registry
+                            .by_format
+                            .insert(f.name.clone(), (loaded.clone(), f.clone()));
                         claimed.push(f.name.clone());
                     }
                     tracing::info!(%file, plugin = %loaded.name, formats = ?claimed, "plugin loaded");
@@ -181,15 +200,19 @@ impl PluginHost {
 
     fn load_file(&self, path: &Path) -> Result<Loaded, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        let component = cache::load(&self.engine, &self.cache_dir, &bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
+        let component = cache::load(&self.engine, &self.cache_dir, &bytes)
+            .map_err(|e| format!("not a valid component: {e:#}"))?;
         self.check_world(&component)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| format!("imports something the host does not provide: {e:#}"))?;
-        let pre = FormatPluginPre::new(pre).map_err(|e| format!("does not export {}: {e:#}", bindings::RENDERER_EXPORT))?;
+        let pre = FormatPluginPre::new(pre)
+            .map_err(|e| format!("does not export {}: {e:#}", bindings::RENDERER_EXPORT))?;
         let mut store = self.store();
-        let plugin = pre.instantiate(&mut store).map_err(|e| format!("cannot instantiate: {e:#}"))?;
+        let plugin = pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("cannot instantiate: {e:#}"))?;
         let info = plugin
             .export_host_plugin_renderer()
             .call_info(&mut store)
@@ -204,27 +227,42 @@ impl PluginHost {
                 || f.extension.is_empty()
                 || f.media_type.is_empty()
             {
-                return Err(format!("format {:?} has an invalid name, extension or media type", f.name));
+                return Err(format!(
+                    "format {:?} has an invalid name, extension or media type",
+                    f.name
+                ));
             }
             formats.push(FormatInfo {
                 name: f.name,
                 media_type: f.media_type,
                 extension: f.extension,
-                template_kinds: f.template_kinds.into_iter().map(|k| k.to_ascii_lowercase()).collect(),
+                template_kinds: f
+                    .template_kinds
+                    .into_iter()
+                    .map(|k| k.to_ascii_lowercase())
+                    .collect(),
                 plugin: info.name.clone(),
             });
         }
         if formats.is_empty() {
             return Err("plugin offers no output format".into());
         }
-        Ok(Loaded { name: info.name, version: info.version, formats, pre })
+        Ok(Loaded {
+            name: info.name,
+            version: info.version,
+            formats,
+            pre,
+        })
     }
 
     /// Refuse components built against another version of the contract,
     /// naming both versions.
     fn check_world(&self, component: &Component) -> Result<(), String> {
         let ty = component.component_type();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         if exports.iter().any(|e| e == bindings::RENDERER_EXPORT) {
             return Ok(());
         }
@@ -239,7 +277,11 @@ impl PluginHost {
             None => Err(format!(
                 "wrong world: does not export {} (exports: {})",
                 bindings::RENDERER_EXPORT,
-                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+                if exports.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    exports.join(", ")
+                }
             )),
         }
     }
@@ -265,7 +307,11 @@ impl PluginHost {
     }
 
     pub fn statuses(&self) -> Vec<PluginStatus> {
-        self.registry.read().unwrap_or_else(|p| p.into_inner()).statuses.clone()
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .statuses
+            .clone()
     }
 
     /// Render in a fresh sandbox. Blocking: call from a blocking thread.
@@ -283,17 +329,32 @@ impl PluginHost {
         };
         let plugin = plugin.ok_or_else(|| Fault::NoPlugin(format.to_string()))?;
         let mut store = self.store();
-        let request = RenderRequest { format: format.into(), template_name: template_name.into(), template, data, options };
+        let request = RenderRequest {
+            format: format.into(),
+            template_name: template_name.into(),
+            template,
+            data,
+            options,
+        };
         let outcome = plugin
             .pre
             .instantiate(&mut store)
-            .and_then(|instance: FormatPlugin| instance.export_host_plugin_renderer().call_render(&mut store, &request));
+            .and_then(|instance: FormatPlugin| {
+                instance
+                    .export_host_plugin_renderer()
+                    .call_render(&mut store, &request)
+            });
         let limits = &self.limits;
         match outcome {
-            Ok(Ok(doc)) if doc.bytes.len() > limits.output_bytes => {
-                Err(Fault::OutputTooLarge { size: doc.bytes.len(), limit: limits.output_bytes })
-            }
-            Ok(Ok(doc)) => Ok(Rendered { bytes: doc.bytes, media_type: doc.media_type, extension: doc.extension }),
+            Ok(Ok(doc)) if doc.bytes.len() > limits.output_bytes => Err(Fault::OutputTooLarge {
+                size: doc.bytes.len(),
+                limit: limits.output_bytes,
+            }),
+            Ok(Ok(doc)) => Ok(Rendered {
+                bytes: doc.bytes,
+                media_type: doc.media_type,
+                extension: doc.extension,
+            }),
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(classify_trap(&e, store.data(), limits)),
         }
@@ -302,10 +363,20 @@ impl PluginHost {
 
 fn classify_trap(e: &wasmtime::Error, state: &TaskState, limits: &Limits) -> Fault {
     if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
-        return Fault::Timeout { limit_ms: limits.timeout.as_millis() as u64 };
+        return Fault::Timeout {
+            limit_ms: limits.timeout.as_millis() as u64,
+        };
     }
     if state.limiter.memory_exceeded || state.limiter.table_exceeded {
-        return Fault::OutOfMemory { limit_mb: (limits.memory_bytes >> 20) as u64 };
+        return Fault::OutOfMemory {
+            limit_mb: (limits.memory_bytes >> 20) as u64,
+        };
     }
-    Fault::Trap(format!("{e:#}").lines().next().unwrap_or("trap").to_string())
+    Fault::Trap(
+        format!("{e:#}")
+            .lines()
+            .next()
+            .unwrap_or("trap")
+            .to_string(),
+    )
 }

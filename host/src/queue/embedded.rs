@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
-use super::{DeadLetter, Delivery, Disposition, QueueError, QueueStats, TaskHandler, TaskMessage, TaskQueue};
+use super::{
+    DeadLetter, Delivery, Disposition, QueueError, QueueStats, TaskHandler, TaskMessage, TaskQueue,
+};
 use crate::config::EmbeddedQueueConfig;
 use crate::db::Db;
 
@@ -74,7 +76,12 @@ impl EmbeddedQueue {
     ) -> Result<EmbeddedQueue, QueueError> {
         let db = Db::open(path, config.sync, SCHEMA)?;
         let released = db
-            .write(|c| c.execute("UPDATE messages SET state = 0, lease_until = 0 WHERE state = 1", []))
+            .write(|c| {
+                c.execute(
+                    "UPDATE messages SET state = 0, lease_until = 0 WHERE state = 1",
+                    [],
+                )
+            })
             .await?;
         if released > 0 {
             tracing::warn!(released, "re-queued messages leased by a previous process");
@@ -92,7 +99,11 @@ impl EmbeddedQueue {
 }
 
 /// Lease up to `n` visible messages, highest priority first.
-fn lease(c: &rusqlite::Connection, n: usize, lease_ms: i64) -> rusqlite::Result<Vec<(i64, u32, Vec<u8>)>> {
+fn lease(
+    c: &rusqlite::Connection,
+    n: usize,
+    lease_ms: i64,
+) -> rusqlite::Result<Vec<(i64, u32, Vec<u8>)>> {
     let now = now_ms();
     let mut stmt = c.prepare_cached(
         "UPDATE messages SET state = 1, attempts = attempts + 1, lease_until = ?1
@@ -102,7 +113,9 @@ fn lease(c: &rusqlite::Connection, n: usize, lease_ms: i64) -> rusqlite::Result<
          RETURNING id, attempts, body, priority",
     )?;
     let mut rows: Vec<(i64, u32, Vec<u8>, i64)> = stmt
-        .query_map(params![now + lease_ms, now, n as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map(params![now + lease_ms, now, n as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
         .collect::<Result<_, _>>()?;
     if rows.len() < n {
         // Leases that expired (a handler that never answered) are taken over.
@@ -120,7 +133,10 @@ fn lease(c: &rusqlite::Connection, n: usize, lease_ms: i64) -> rusqlite::Result<
     }
     // RETURNING order is unspecified: restore priority order.
     rows.sort_by(|a, b| b.3.cmp(&a.3).then(a.0.cmp(&b.0)));
-    Ok(rows.into_iter().map(|(id, attempts, body, _)| (id, attempts, body)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(id, attempts, body, _)| (id, attempts, body))
+        .collect())
 }
 
 #[async_trait]
@@ -133,8 +149,10 @@ impl TaskQueue for EmbeddedQueue {
         if batch.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, i32, Vec<u8>)> =
-            batch.iter().map(|m| (m.task_id.to_string(), m.priority, m.to_bytes())).collect();
+        let rows: Vec<(String, i32, Vec<u8>)> = batch
+            .iter()
+            .map(|m| (m.task_id.to_string(), m.priority, m.to_bytes()))
+            .collect();
         self.db
             .write(move |c| {
                 let now = now_ms();
@@ -151,7 +169,11 @@ impl TaskQueue for EmbeddedQueue {
         Ok(())
     }
 
-    async fn start_consuming(&self, handler: Arc<dyn TaskHandler>, concurrency: usize) -> Result<(), QueueError> {
+    async fn start_consuming(
+        &self,
+        handler: Arc<dyn TaskHandler>,
+        concurrency: usize,
+    ) -> Result<(), QueueError> {
         let mut guard = self.consumer.lock().await;
         if guard.is_some() {
             return Err(QueueError::AlreadyStarted);
@@ -174,17 +196,27 @@ impl TaskQueue for EmbeddedQueue {
         };
         let task = tokio::spawn(dispatcher.run());
         self.consuming.store(true, Ordering::SeqCst);
-        *guard = Some(Consumer { stop, slots, concurrency, task });
+        *guard = Some(Consumer {
+            stop,
+            slots,
+            concurrency,
+            task,
+        });
         Ok(())
     }
 
     async fn stop_consuming(&self) {
-        let Some(consumer) = self.consumer.lock().await.take() else { return };
+        let Some(consumer) = self.consumer.lock().await.take() else {
+            return;
+        };
         consumer.stop.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
         let _ = consumer.task.await;
         // Wait for in-flight deliveries: they hold the slots.
-        let _ = consumer.slots.acquire_many(consumer.concurrency as u32).await;
+        let _ = consumer
+            .slots
+            .acquire_many(consumer.concurrency as u32)
+            .await;
         self.consuming.store(false, Ordering::SeqCst);
     }
 
@@ -197,18 +229,28 @@ impl TaskQueue for EmbeddedQueue {
             .db
             .read(|c| {
                 let total: i64 = c
-                    .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'messages'", [], |r| r.get(0))
+                    .query_row(
+                        "SELECT seq FROM sqlite_sequence WHERE name = 'messages'",
+                        [],
+                        |r| r.get(0),
+                    )
                     .optional()?
                     .unwrap_or(0);
                 let mut counts = [0i64; 3];
-                let mut stmt = c.prepare_cached("SELECT state, count(*) FROM messages GROUP BY state")?;
+                let mut stmt =
+                    c.prepare_cached("SELECT state, count(*) FROM messages GROUP BY state")?;
                 for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))? {
                     let (state, n) = row?;
                     if (0..3).contains(&state) {
                         counts[state as usize] = n;
                     }
                 }
-                Ok((total, counts[READY as usize], counts[LEASED as usize], counts[DEAD as usize]))
+                Ok((
+                    total,
+                    counts[READY as usize],
+                    counts[LEASED as usize],
+                    counts[DEAD as usize],
+                ))
             })
             .await?;
         let mut stats = QueueStats {
@@ -218,7 +260,9 @@ impl TaskQueue for EmbeddedQueue {
             dead: dead as u64,
             ..Default::default()
         };
-        stats.lag_by_queue.insert("0".into(), (ready + in_flight) as u64);
+        stats
+            .lag_by_queue
+            .insert("0".into(), (ready + in_flight) as u64);
         Ok(stats)
     }
 
@@ -240,7 +284,9 @@ impl TaskQueue for EmbeddedQueue {
 
 impl EmbeddedQueue {
     fn backoff_with(cfg: &EmbeddedQueueConfig, attempt: u32) -> Duration {
-        let ms = cfg.retry_backoff_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+        let ms = cfg
+            .retry_backoff_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
         Duration::from_millis(ms.min(cfg.retry_backoff_max_ms))
     }
 }
@@ -261,7 +307,9 @@ impl Dispatcher {
         let this = Arc::new(self);
         while !this.stop.load(Ordering::SeqCst) {
             // Wait for one free slot, then take every other free one.
-            let Ok(first) = this.slots.clone().acquire_owned().await else { return };
+            let Ok(first) = this.slots.clone().acquire_owned().await else {
+                return;
+            };
             let mut permits = vec![first];
             while permits.len() < 64 {
                 match this.slots.clone().try_acquire_owned() {
@@ -285,7 +333,8 @@ impl Dispatcher {
             if leased.is_empty() {
                 drop(permits);
                 // Nothing visible now: wait for a publish, or poll for delayed retries.
-                let _ = tokio::time::timeout(Duration::from_millis(100), this.wake.notified()).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), this.wake.notified()).await;
                 continue;
             }
             let got = leased.len();
@@ -305,11 +354,24 @@ impl Dispatcher {
 
     async fn deliver(&self, id: i64, attempt: u32, body: Vec<u8>) {
         let disposition = match TaskMessage::from_bytes(&body) {
-            Err(e) => Disposition::Dead { reason: e.to_string() },
-            Ok(_) if attempt > self.max_attempts => Disposition::Dead {
-                reason: format!("delivered {attempt} times (limit {}): the process died while handling it", self.max_attempts),
+            Err(e) => Disposition::Dead {
+                reason: e.to_string(),
             },
-            Ok(message) => self.handler.handle(Delivery { message, attempt, max_attempts: self.max_attempts }).await,
+            Ok(_) if attempt > self.max_attempts => Disposition::Dead {
+                reason: format!(
+                    "delivered {attempt} times (limit {}): the process died while handling it",
+                    self.max_attempts
+                ),
+            },
+            Ok(message) => {
+                self.handler
+                    .handle(Delivery {
+                        message,
+                        attempt,
+                        max_attempts: self.max_attempts,
+                    })
+                    .await
+            }
         };
         let backoff = (self.backoff)(attempt).as_millis() as i64;
         let result = self

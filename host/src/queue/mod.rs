@@ -144,7 +144,11 @@ pub trait TaskQueue: Send + Sync + 'static {
     async fn publish(&self, batch: Vec<TaskMessage>) -> Result<(), QueueError>;
 
     /// Start delivering messages to `handler`, at most `concurrency` at once.
-    async fn start_consuming(&self, handler: Arc<dyn TaskHandler>, concurrency: usize) -> Result<(), QueueError>;
+    async fn start_consuming(
+        &self,
+        handler: Arc<dyn TaskHandler>,
+        concurrency: usize,
+    ) -> Result<(), QueueError>;
 
     /// Stop taking new deliveries and wait for those in flight to finish.
     async fn stop_consuming(&self);

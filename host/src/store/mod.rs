@@ -19,7 +19,10 @@ pub enum StoreError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("result file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,7 +55,10 @@ impl TaskStatus {
         }
     }
     pub fn is_final(self) -> bool {
-        matches!(self, TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Dead)
+        matches!(
+            self,
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Dead
+        )
     }
 }
 
@@ -139,8 +145,14 @@ pub struct TaskStore {
 impl TaskStore {
     pub fn open(data_dir: &Path, sync: SyncMode) -> Result<TaskStore, StoreError> {
         let results = data_dir.join("results");
-        std::fs::create_dir_all(&results).map_err(|source| StoreError::Io { path: results.clone(), source })?;
-        Ok(TaskStore { db: Db::open(&data_dir.join("tasks.db"), sync, SCHEMA)?, results })
+        std::fs::create_dir_all(&results).map_err(|source| StoreError::Io {
+            path: results.clone(),
+            source,
+        })?;
+        Ok(TaskStore {
+            db: Db::open(&data_dir.join("tasks.db"), sync, SCHEMA)?,
+            results,
+        })
     }
 
     pub async fn insert(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
@@ -201,13 +213,23 @@ impl TaskStore {
     }
 
     /// Write the result file durably, then record success.
-    pub async fn succeed(&self, tenant: &TenantId, id: &TaskId, bytes: Vec<u8>, media_type: String, extension: String) -> Result<(), StoreError> {
+    pub async fn succeed(
+        &self,
+        tenant: &TenantId,
+        id: &TaskId,
+        bytes: Vec<u8>,
+        media_type: String,
+        extension: String,
+    ) -> Result<(), StoreError> {
         let path = self.result_path(tenant, id, &extension);
         let size = bytes.len() as u64;
         let write_path = path.clone();
         tokio::task::spawn_blocking(move || write_atomically(&write_path, &bytes))
             .await
-            .map_err(|e| StoreError::Io { path: path.clone(), source: std::io::Error::other(e) })?
+            .map_err(|e| StoreError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?
             .map_err(|source| StoreError::Io { path, source })?;
         let id = id.to_string();
         self.db
@@ -223,7 +245,12 @@ impl TaskStore {
     }
 
     /// Record a failure; `status` is `Queued` (will retry), `Failed` or `Dead`.
-    pub async fn fail(&self, id: &TaskId, status: TaskStatus, error: TaskError) -> Result<(), StoreError> {
+    pub async fn fail(
+        &self,
+        id: &TaskId,
+        status: TaskStatus,
+        error: TaskError,
+    ) -> Result<(), StoreError> {
         let id = id.to_string();
         self.db
             .write(move |c| {
@@ -238,7 +265,11 @@ impl TaskStore {
         Ok(())
     }
 
-    pub async fn get(&self, tenant: &TenantId, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+    pub async fn get(
+        &self,
+        tenant: &TenantId,
+        id: &TaskId,
+    ) -> Result<Option<TaskRecord>, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         Ok(self
             .db
@@ -292,9 +323,15 @@ impl TaskStore {
         Ok(self
             .db
             .read(|c| {
-                let mut stmt = c.prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
-                stmt.query_map([], |r| Ok((TaskStatus::parse(&r.get::<_, String>(0)?), r.get::<_, i64>(1)? as u64)))?
-                    .collect()
+                let mut stmt =
+                    c.prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
+                stmt.query_map([], |r| {
+                    Ok((
+                        TaskStatus::parse(&r.get::<_, String>(0)?),
+                        r.get::<_, i64>(1)? as u64,
+                    ))
+                })?
+                .collect()
             })
             .await?)
     }
@@ -302,7 +339,9 @@ impl TaskStore {
     pub fn result_path(&self, tenant: &TenantId, id: &TaskId, extension: &str) -> PathBuf {
         // Ids are validated types and the extension comes from plugin metadata
         // checked at load time, so this stays inside `results/`.
-        self.results.join(tenant.as_str()).join(format!("{id}.{extension}"))
+        self.results
+            .join(tenant.as_str())
+            .join(format!("{id}.{extension}"))
     }
 }
 

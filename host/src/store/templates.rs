@@ -44,7 +44,13 @@ impl TemplateStore {
     }
 
     /// Store one file of a template, replacing a file of the same kind.
-    pub async fn put(&self, tenant: &TenantId, id: &TemplateId, file: &FileName, bytes: Vec<u8>) -> Result<TemplateInfo, TemplateError> {
+    pub async fn put(
+        &self,
+        tenant: &TenantId,
+        id: &TemplateId,
+        file: &FileName,
+        bytes: Vec<u8>,
+    ) -> Result<TemplateInfo, TemplateError> {
         let dir = self.dir(tenant, id);
         let kind = file.kind();
         let path = dir.join(file.as_str());
@@ -62,13 +68,21 @@ impl TemplateStore {
         })
         .await
         .map_err(std::io::Error::other)??;
-        self.get(tenant, id).await?.ok_or_else(|| TemplateError::NotFound(id.to_string()))
+        self.get(tenant, id)
+            .await?
+            .ok_or_else(|| TemplateError::NotFound(id.to_string()))
     }
 
-    pub async fn get(&self, tenant: &TenantId, id: &TemplateId) -> Result<Option<TemplateInfo>, TemplateError> {
+    pub async fn get(
+        &self,
+        tenant: &TenantId,
+        id: &TemplateId,
+    ) -> Result<Option<TemplateInfo>, TemplateError> {
         let dir = self.dir(tenant, id);
         let id = id.to_string();
-        tokio::task::spawn_blocking(move || read_info(&dir, id)).await.map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || read_info(&dir, id))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     pub async fn list(&self, tenant: &TenantId) -> Result<Vec<TemplateInfo>, TemplateError> {
@@ -96,7 +110,12 @@ impl TemplateStore {
     }
 
     /// The template's file for the first of `kinds` it has.
-    pub async fn find(&self, tenant: &TenantId, id: &TemplateId, kinds: &[String]) -> Result<Option<(String, Vec<u8>)>, TemplateError> {
+    pub async fn find(
+        &self,
+        tenant: &TenantId,
+        id: &TemplateId,
+        kinds: &[String],
+    ) -> Result<Option<(String, Vec<u8>)>, TemplateError> {
         let Some(info) = self.get(tenant, id).await? else {
             return Err(TemplateError::NotFound(id.to_string()));
         };
@@ -109,10 +128,17 @@ impl TemplateStore {
         Ok(None)
     }
 
-    pub async fn read_file(&self, tenant: &TenantId, id: &TemplateId, file: &FileName) -> Result<Vec<u8>, TemplateError> {
+    pub async fn read_file(
+        &self,
+        tenant: &TenantId,
+        id: &TemplateId,
+        file: &FileName,
+    ) -> Result<Vec<u8>, TemplateError> {
         match tokio::fs::read(self.dir(tenant, id).join(file.as_str())).await {
             Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(TemplateError::NotFound(format!("{id}/{}", file.as_str()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(TemplateError::NotFound(format!("{id}/{}", file.as_str())))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -127,7 +153,10 @@ impl TemplateStore {
     }
 }
 
-fn read_info(dir: &std::path::Path, template_id: String) -> Result<Option<TemplateInfo>, TemplateError> {
+fn read_info(
+    dir: &std::path::Path,
+    template_id: String,
+) -> Result<Option<TemplateInfo>, TemplateError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -140,7 +169,11 @@ fn read_info(dir: &std::path::Path, template_id: String) -> Result<Option<Templa
         if let Ok(file) = FileName::parse(&name)
             && !name.contains(".tmp-")
         {
-            files.push(TemplateFile { kind: file.kind(), name, size: entry.metadata()?.len() });
+            files.push(TemplateFile {
+                kind: file.kind(),
+                name,
+                size: entry.metadata()?.len(),
+            });
         }
     }
     if files.is_empty() {

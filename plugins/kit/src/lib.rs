@@ -25,10 +25,10 @@ pub mod bindings {
     });
 }
 
-pub use bindings::exports::export_host::plugin::renderer::Guest as Plugin;
 pub use bindings::export_host::plugin::types::{
     Document, ErrorInfo, OutputFormat, PluginInfo, RenderError, RenderRequest,
 };
+pub use bindings::exports::export_host::plugin::renderer::Guest as Plugin;
 
 /// Export `$ty` (which implements [`Plugin`]) as this component's renderer.
 #[macro_export]
@@ -40,7 +40,11 @@ macro_rules! export_plugin {
 
 impl PluginInfo {
     pub fn new(name: &str, version: &str) -> Self {
-        PluginInfo { name: name.into(), version: version.into(), formats: Vec::new() }
+        PluginInfo {
+            name: name.into(),
+            version: version.into(),
+            formats: Vec::new(),
+        }
     }
     pub fn format(mut self, format: OutputFormat) -> Self {
         self.formats.push(format);
@@ -61,13 +65,20 @@ impl OutputFormat {
 
 impl Document {
     pub fn new(bytes: Vec<u8>, media_type: &str, extension: &str) -> Self {
-        Document { bytes, media_type: media_type.into(), extension: extension.into() }
+        Document {
+            bytes,
+            media_type: media_type.into(),
+            extension: extension.into(),
+        }
     }
 }
 
 impl ErrorInfo {
     pub fn new(message: impl Into<String>) -> Self {
-        ErrorInfo { message: message.into(), location: None }
+        ErrorInfo {
+            message: message.into(),
+            location: None,
+        }
     }
     pub fn at(mut self, location: impl Into<String>) -> Self {
         self.location = Some(location.into());
@@ -103,6 +114,9 @@ impl RenderRequest {
 
     /// The value of option `key`, if the request carries it.
     pub fn option(&self, key: &str) -> Option<&str> {
-        self.options.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.options
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }

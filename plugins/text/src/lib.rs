@@ -9,9 +9,24 @@ struct Text;
 impl Plugin for Text {
     fn info() -> PluginInfo {
         PluginInfo::new("text", env!("CARGO_PKG_VERSION"))
-            .format(OutputFormat::new("txt", "text/plain; charset=utf-8", "txt", &["txt", "j2"]))
-            .format(OutputFormat::new("html", "text/html; charset=utf-8", "html", &["html", "j2"]))
-            .format(OutputFormat::new("md", "text/markdown; charset=utf-8", "md", &["md", "j2"]))
+            .format(OutputFormat::new(
+                "txt",
+                "text/plain; charset=utf-8",
+                "txt",
+                &["txt", "j2"],
+            ))
+            .format(OutputFormat::new(
+                "html",
+                "text/html; charset=utf-8",
+                "html",
+                &["html", "j2"],
+            ))
+            .format(OutputFormat::new(
+                "md",
+                "text/markdown; charset=utf-8",
+                "md",
+                &["md", "j2"],
+            ))
     }
 
     fn render(req: RenderRequest) -> Result<Document, RenderError> {
@@ -29,13 +44,27 @@ impl Plugin for Text {
 
         let mut env = Environment::new();
         let html = format.name == "html";
-        env.set_auto_escape_callback(move |_| if html { AutoEscape::Html } else { AutoEscape::None });
+        env.set_auto_escape_callback(move |_| {
+            if html {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
         if req.option("strict") == Some("true") {
             env.set_undefined_behavior(UndefinedBehavior::Strict);
         }
-        let template = env.template_from_named_str(&req.template_name, source).map_err(|e| template_error(&e))?;
-        let out = template.render(minijinja::value::Serde(&data)).map_err(|e| template_error(&e))?;
-        Ok(Document::new(out.into_bytes(), &format.media_type, &format.extension))
+        let template = env
+            .template_from_named_str(&req.template_name, source)
+            .map_err(|e| template_error(&e))?;
+        let out = template
+            .render(minijinja::value::Serde(&data))
+            .map_err(|e| template_error(&e))?;
+        Ok(Document::new(
+            out.into_bytes(),
+            &format.media_type,
+            &format.extension,
+        ))
     }
 }
 

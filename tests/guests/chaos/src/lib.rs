@@ -12,6 +12,7 @@
 //! | `fail-internal` | returns a transient `internal` error                   |
 //! | `fail-template` | returns a permanent `bad-template` error               |
 //! | `fail-until:N`  | `internal` error while option `attempt` < N, then `ok` |
+//! | `spin:N`        | busy-waits N milliseconds, then `ok`                   |
 //! | `probe`         | tries file, env, socket access; reports what worked    |
 use export_host_plugin_kit::*;
 use std::io::Write;
@@ -20,7 +21,12 @@ struct Chaos;
 
 impl Plugin for Chaos {
     fn info() -> PluginInfo {
-        PluginInfo::new("chaos", "0.1.0").format(OutputFormat::new("chaos", "text/plain", "txt", &["chaos"]))
+        PluginInfo::new("chaos", "0.1.0").format(OutputFormat::new(
+            "chaos",
+            "text/plain",
+            "txt",
+            &["chaos"],
+        ))
     }
 
     fn render(req: RenderRequest) -> Result<Document, RenderError> {
@@ -46,6 +52,13 @@ impl Plugin for Chaos {
                     chunks.push(std::hint::black_box(v));
                 }
             }
+            "spin" => {
+                let start = std::time::Instant::now();
+                while start.elapsed().as_millis() < arg as u128 {
+                    std::hint::spin_loop();
+                }
+                ok(req.data.clone().into_bytes())
+            }
             "trap" => panic!("chaos guest asked to trap"),
             "big" => ok(vec![b'x'; arg as usize]),
             "stdout" => {
@@ -62,9 +75,14 @@ impl Plugin for Chaos {
             "fail-internal" => Err(RenderError::internal("chaos: transient failure")),
             "fail-template" => Err(RenderError::bad_template("chaos: bad template")),
             "fail-until" => {
-                let attempt: u64 = req.option("attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
+                let attempt: u64 = req
+                    .option("attempt")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
                 if attempt < arg {
-                    Err(RenderError::internal(format!("chaos: attempt {attempt} < {arg}")))
+                    Err(RenderError::internal(format!(
+                        "chaos: attempt {attempt} < {arg}"
+                    )))
                 } else {
                     ok(format!("ok after {attempt}").into_bytes())
                 }
@@ -75,7 +93,9 @@ impl Plugin for Chaos {
                 let net = std::net::TcpStream::connect("127.0.0.1:80").is_ok();
                 ok(format!("file={file} env={env} net={net}").into_bytes())
             }
-            other => Err(RenderError::bad_template(format!("unknown chaos command {other:?}"))),
+            other => Err(RenderError::bad_template(format!(
+                "unknown chaos command {other:?}"
+            ))),
         }
     }
 }

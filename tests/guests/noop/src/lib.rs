@@ -6,7 +6,12 @@ struct Noop;
 
 impl Plugin for Noop {
     fn info() -> PluginInfo {
-        PluginInfo::new("noop", "0.1.0").format(OutputFormat::new("noop", "application/octet-stream", "bin", &["noop", "txt"]))
+        PluginInfo::new("noop", "0.1.0").format(OutputFormat::new(
+            "noop",
+            "application/octet-stream",
+            "bin",
+            &["noop", "txt"],
+        ))
     }
     fn render(_req: RenderRequest) -> Result<Document, RenderError> {
         Ok(Document::new(Vec::new(), "application/octet-stream", "bin"))
