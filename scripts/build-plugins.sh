@@ -24,7 +24,10 @@ for crate in plugins/*/; do
   [ "$name" = kit ] || [ "$name" = dist ] || [ "$name" = template ] && continue
   [ -f "$crate/Cargo.toml" ] || continue
   artifact="$out/export_host_${name//-/_}.wasm"
-  [ -f "$artifact" ] && cp "$artifact" "plugins/dist/$name.wasm"
+  # A crate that is still a placeholder (no exports) builds no component.
+  if [ -f "$artifact" ] && grep -q "export-host:plugin/renderer" "$artifact"; then
+    cp "$artifact" "plugins/dist/$name.wasm"
+  fi
 done
 for crate in tests/guests/*/; do
   name="$(basename "$crate")"

@@ -1,0 +1,1 @@
+//! `docx` plugin (placeholder until the DOCX issue lands): offers no format.

@@ -1,0 +1,1 @@
+//! `pdf` plugin (placeholder until the PDF issue lands): offers no format.
