@@ -121,6 +121,9 @@ pub struct PluginsConfig {
     pub dir: PathBuf,
     /// Precompiled `.cwasm` files; defaults to `<data_dir>/plugin-cache`.
     pub cache_dir: Option<PathBuf>,
+    /// Font files (.ttf/.otf/.ttc) under these directories are shared,
+    /// read-only, with plugins that ask for fonts (PDF).
+    pub font_dirs: Vec<PathBuf>,
 }
 
 impl Default for PluginsConfig {
@@ -128,6 +131,7 @@ impl Default for PluginsConfig {
         PluginsConfig {
             dir: PathBuf::from("plugins/dist"),
             cache_dir: None,
+            font_dirs: vec![PathBuf::from("/usr/share/fonts")],
         }
     }
 }

@@ -43,6 +43,7 @@ pub fn plugin_host(config: &Config) -> Result<PluginHost, crate::plugin::PluginE
     let host = PluginHost::new(
         Limits::from_config(&config.limits),
         config.plugin_cache_dir(),
+        config.plugins.font_dirs.clone(),
     )?;
     host.load_dir(&config.plugins.dir)?;
     Ok(host)

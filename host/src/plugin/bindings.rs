@@ -6,6 +6,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
+pub use self::export_host::plugin::fonts;
 pub use self::export_host::plugin::types::{
     Document, ErrorInfo, OutputFormat, PluginInfo, RenderError, RenderRequest,
 };

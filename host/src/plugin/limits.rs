@@ -34,6 +34,18 @@ pub struct TaskState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub limiter: Limiter,
+    /// Read-only fonts the host shares (the `fonts` import).
+    pub fonts: std::sync::Arc<super::fonts::FontIndex>,
+}
+
+impl super::bindings::fonts::Host for TaskState {
+    fn faces(&mut self) -> Vec<super::bindings::fonts::FontFace> {
+        self.fonts.faces()
+    }
+
+    fn data(&mut self, id: u32) -> Option<Vec<u8>> {
+        self.fonts.data(id).map(|bytes| bytes.as_ref().clone())
+    }
 }
 
 impl WasiView for TaskState {
@@ -46,7 +58,7 @@ impl WasiView for TaskState {
 }
 
 impl TaskState {
-    pub fn new(limits: &Limits) -> TaskState {
+    pub fn new(limits: &Limits, fonts: std::sync::Arc<super::fonts::FontIndex>) -> TaskState {
         // No preopened directories, no environment, no arguments, stdin
         // closed, stdout/stderr discarded, every socket address denied and
         // name lookup disabled: the defaults of an empty builder.
@@ -55,6 +67,7 @@ impl TaskState {
             wasi,
             table: ResourceTable::new(),
             limiter: Limiter::new(limits),
+            fonts,
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod bindings;
 pub mod cache;
 pub mod fault;
+pub mod fonts;
 pub mod limits;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,7 @@ pub struct PluginHost {
     linker: Linker<TaskState>,
     limits: Limits,
     cache_dir: PathBuf,
+    fonts: Arc<fonts::FontIndex>,
     registry: RwLock<Registry>,
     _ticker: Ticker,
 }
@@ -101,7 +103,11 @@ impl Drop for Ticker {
 }
 
 impl PluginHost {
-    pub fn new(limits: Limits, cache_dir: PathBuf) -> Result<PluginHost, PluginError> {
+    pub fn new(
+        limits: Limits,
+        cache_dir: PathBuf,
+        font_dirs: Vec<PathBuf>,
+    ) -> Result<PluginHost, PluginError> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -130,6 +136,7 @@ impl PluginHost {
             linker,
             limits,
             cache_dir,
+            fonts: Arc::new(fonts::FontIndex::new(font_dirs)),
             registry: RwLock::default(),
             _ticker: Ticker(stop),
         })
@@ -287,7 +294,10 @@ impl PluginHost {
     }
 
     fn store(&self) -> Store<TaskState> {
-        let mut store = Store::new(&self.engine, TaskState::new(&self.limits));
+        let mut store = Store::new(
+            &self.engine,
+            TaskState::new(&self.limits, self.fonts.clone()),
+        );
         store.limiter(|s| &mut s.limiter);
         let ticks = self.limits.timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64;
         store.set_epoch_deadline(ticks.max(1));
