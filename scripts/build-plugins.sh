@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Build the format plugins (plugins/) and the test guests (tests/guests/) as
-# wasm32-wasip2 components and copy them to plugins/dist/ and
-# target/test-guests/. Installs the wasm target if it is missing.
+# Build format plugins (plugins/) and test guests (tests/guests/) as
+# wasm32-wasip2 components; copy them to plugins/dist/ and target/test-guests/.
+#   scripts/build-plugins.sh            # everything
+#   scripts/build-plugins.sh text chaos # only these (a plugin or test guest name)
+# Installs the wasm target if it is missing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -12,27 +14,40 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
 fi
 
 export CARGO_TARGET_DIR="$root/target/wasm"
-echo "==> building format plugins (plugins/)"
-(cd plugins && cargo build --release --target wasm32-wasip2)
-echo "==> building test guests (tests/guests/)"
-(cd tests/guests && cargo build --release --target wasm32-wasip2)
-
 out="$CARGO_TARGET_DIR/wasm32-wasip2/release"
 mkdir -p plugins/dist target/test-guests
-for crate in plugins/*/; do
-  name="$(basename "$crate")"
-  [ "$name" = kit ] || [ "$name" = dist ] || [ "$name" = template ] && continue
-  [ -f "$crate/Cargo.toml" ] || continue
-  artifact="$out/export_host_${name//-/_}.wasm"
-  # A crate that is still a placeholder (no exports) builds no component.
-  if [ -f "$artifact" ] && grep -q "export-host:plugin/renderer" "$artifact"; then
-    cp "$artifact" "plugins/dist/$name.wasm"
-  fi
-done
-for crate in tests/guests/*/; do
-  name="$(basename "$crate")"
-  [ -f "$crate/Cargo.toml" ] || continue
-  cp "$out/guest_${name//-/_}.wasm" "target/test-guests/$name.wasm"
-done
-echo "==> plugins: $(ls plugins/dist | tr '\n' ' ')"
-echo "==> test guests: $(ls target/test-guests | tr '\n' ' ')"
+
+plugin_names() { for c in plugins/*/Cargo.toml; do n="$(basename "$(dirname "$c")")"; [ "$n" = kit ] || echo "$n"; done; }
+guest_names() { for c in tests/guests/*/Cargo.toml; do basename "$(dirname "$c")"; done; }
+
+plugins=() guests=()
+if [ $# -eq 0 ]; then
+  mapfile -t plugins < <(plugin_names)
+  mapfile -t guests < <(guest_names)
+else
+  for name in "$@"; do
+    if [ -f "plugins/$name/Cargo.toml" ]; then plugins+=("$name")
+    elif [ -f "tests/guests/$name/Cargo.toml" ]; then guests+=("$name")
+    else echo "no plugin or test guest named $name" >&2; exit 2; fi
+  done
+fi
+
+if [ ${#plugins[@]} -gt 0 ]; then
+  echo "==> building format plugins: ${plugins[*]}"
+  (cd plugins && cargo build --release --target wasm32-wasip2 $(printf -- '-p export-host-%s ' "${plugins[@]}"))
+  for name in "${plugins[@]}"; do
+    artifact="$out/export_host_${name//-/_}.wasm"
+    # A crate that is still a placeholder (no renderer export) is not a plugin.
+    if [ -f "$artifact" ] && grep -q "export-host:plugin/renderer" "$artifact"; then
+      cp "$artifact" "plugins/dist/$name.wasm"
+    fi
+  done
+fi
+if [ ${#guests[@]} -gt 0 ]; then
+  echo "==> building test guests: ${guests[*]}"
+  (cd tests/guests && cargo build --release --target wasm32-wasip2 $(printf -- '-p guest-%s ' "${guests[@]}"))
+  for name in "${guests[@]}"; do
+    cp "$out/guest_${name//-/_}.wasm" "target/test-guests/$name.wasm"
+  done
+fi
+echo "==> plugins/dist: $(ls plugins/dist | tr '\n' ' ')"

@@ -4,10 +4,11 @@
 #![allow(dead_code)]
 
 use serde_json::{Value, json};
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
@@ -17,26 +18,34 @@ pub fn repo_root() -> PathBuf {
         .expect("repo root")
 }
 
-/// Build plugins and test guests (a no-op when they are up to date).
-pub fn build_guests() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/build-plugins.sh"))
-            .output()
-            .expect("run scripts/build-plugins.sh");
-        assert!(
-            out.status.success(),
-            "building guests failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+/// Build one plugin or test guest (a no-op when it is up to date), once
+/// per test binary.
+pub fn build_component(name: &str) {
+    static BUILT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if built.contains(name) {
+        return;
+    }
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/build-plugins.sh"))
+        .arg(name)
+        .output()
+        .expect("run scripts/build-plugins.sh");
+    assert!(
+        out.status.success(),
+        "building {name} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    built.insert(name.to_string());
 }
 
 /// Path of a built component: a format plugin (`text`) or a test guest (`chaos`, `noop`).
 pub fn component(name: &str) -> PathBuf {
-    build_guests();
+    build_component(name);
     let root = repo_root();
     let plugin = root.join("plugins/dist").join(format!("{name}.wasm"));
     if plugin.exists() {

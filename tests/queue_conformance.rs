@@ -1,0 +1,306 @@
+//! ONE conformance suite for every `TaskQueue` backend. Each backend gets a
+//! factory that makes a fresh, empty queue with `max_attempts = 3`; every
+//! check below runs against each factory.
+
+mod common;
+
+use async_trait::async_trait;
+use export_host::ids::{TaskId, TemplateId, TenantId};
+use export_host::queue::{
+    Delivery, Disposition, MESSAGE_VERSION, TaskHandler, TaskMessage, TaskQueue,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const MAX_ATTEMPTS: u32 = 3;
+
+type Script = dyn Fn(&Delivery) -> Disposition + Send + Sync;
+
+/// A handler that records every delivery and answers from a script.
+struct Recorder {
+    seen: Mutex<Vec<(String, u32, i32)>>,
+    script: Box<Script>,
+    hold: Duration,
+}
+
+impl Recorder {
+    fn new(script: impl Fn(&Delivery) -> Disposition + Send + Sync + 'static) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            seen: Mutex::default(),
+            script: Box::new(script),
+            hold: Duration::ZERO,
+        })
+    }
+    fn holding(hold: Duration) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            seen: Mutex::default(),
+            script: Box::new(|_| Disposition::Ack),
+            hold,
+        })
+    }
+    fn seen(&self) -> Vec<(String, u32, i32)> {
+        self.seen.lock().expect("lock").clone()
+    }
+    async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<(String, u32, i32)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} deliveries after {timeout:?}: {seen:?}",
+                seen.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl TaskHandler for Recorder {
+    async fn handle(&self, d: Delivery) -> Disposition {
+        self.seen.lock().expect("lock").push((
+            d.message.task_id.to_string(),
+            d.attempt,
+            d.message.priority,
+        ));
+        if !self.hold.is_zero() {
+            tokio::time::sleep(self.hold).await;
+        }
+        (self.script)(&d)
+    }
+}
+
+fn message(priority: i32) -> TaskMessage {
+    TaskMessage {
+        v: MESSAGE_VERSION,
+        task_id: TaskId::generate(),
+        tenant: TenantId::default_tenant(),
+        template_id: TemplateId::parse("t").expect("id"),
+        output_format: "noop".into(),
+        priority,
+        data: serde_json::value::RawValue::from_string("{\"k\":1}".into()).expect("raw"),
+        created_at: chrono::Utc::now(),
+    }
+}
+
+async fn delivers_every_message_once(q: Arc<dyn TaskQueue>) {
+    let batch: Vec<TaskMessage> = (0..50).map(|_| message(0)).collect();
+    let ids: Vec<String> = batch.iter().map(|m| m.task_id.to_string()).collect();
+    q.publish(batch).await.expect("publish");
+    let h = Recorder::new(|_| Disposition::Ack);
+    q.start_consuming(h.clone(), 4).await.expect("start");
+    assert!(q.is_consuming());
+    h.wait_for(50, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = h.seen();
+    assert_eq!(seen.len(), 50, "no duplicates: {seen:?}");
+    let mut got: Vec<String> = seen.iter().map(|s| s.0.clone()).collect();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(seen.iter().all(|s| s.1 == 1), "first delivery is attempt 1");
+    q.stop_consuming().await;
+    assert!(!q.is_consuming());
+    let stats = q.stats().await.expect("stats");
+    assert_eq!(stats.total_lag(), 0, "{stats:?}");
+    assert!(stats.total_messages >= 50, "{stats:?}");
+}
+
+async fn retry_redelivers_with_the_next_attempt(q: Arc<dyn TaskQueue>) {
+    let m = message(0);
+    let id = m.task_id.to_string();
+    q.publish(vec![m]).await.expect("publish");
+    let h = Recorder::new(|d| {
+        if d.attempt < 3 {
+            Disposition::Retry {
+                reason: "not yet".into(),
+            }
+        } else {
+            Disposition::Ack
+        }
+    });
+    q.start_consuming(h.clone(), 2).await.expect("start");
+    let seen = h.wait_for(3, Duration::from_secs(60)).await;
+    assert_eq!(
+        seen.iter().map(|s| (s.0.as_str(), s.1)).collect::<Vec<_>>(),
+        vec![(id.as_str(), 1), (id.as_str(), 2), (id.as_str(), 3)]
+    );
+    assert_eq!(seen[0].1, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.seen().len(), 3, "acknowledged: no further delivery");
+    q.stop_consuming().await;
+    assert_eq!(q.stats().await.expect("stats").dead, 0);
+}
+
+async fn dead_goes_to_the_dead_letter_queue(q: Arc<dyn TaskQueue>) {
+    let m = message(0);
+    let id = m.task_id.to_string();
+    q.publish(vec![m, message(0)]).await.expect("publish");
+    let dead_id = id.clone();
+    let h = Recorder::new(move |d| {
+        if d.message.task_id.as_str() == dead_id {
+            assert_eq!(d.max_attempts, MAX_ATTEMPTS);
+            Disposition::Dead {
+                reason: "poison".into(),
+            }
+        } else {
+            Disposition::Ack
+        }
+    });
+    q.start_consuming(h.clone(), 2).await.expect("start");
+    h.wait_for(2, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dead = q.dead_letters(10).await.expect("dlq");
+        if let Some(d) = dead.iter().find(|d| d.task_id == id) {
+            assert!(d.reason.contains("poison"), "{d:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reached the DLQ: {dead:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.seen().iter().filter(|s| s.0 == id).count(),
+        1,
+        "a dead message is not delivered again"
+    );
+    q.stop_consuming().await;
+    let stats = q.stats().await.expect("stats");
+    assert_eq!(stats.dead, 1, "{stats:?}");
+    assert_eq!(stats.total_lag(), 0, "{stats:?}");
+}
+
+async fn higher_priority_first(q: Arc<dyn TaskQueue>) {
+    let low: Vec<TaskMessage> = (0..5).map(|_| message(1)).collect();
+    let high: Vec<TaskMessage> = (0..5).map(|_| message(8)).collect();
+    q.publish(low).await.expect("publish");
+    q.publish(high).await.expect("publish");
+    let h = Recorder::new(|_| Disposition::Ack);
+    q.start_consuming(h.clone(), 1).await.expect("start");
+    let seen = h.wait_for(10, Duration::from_secs(30)).await;
+    let order: Vec<i32> = seen.iter().map(|s| s.2).collect();
+    assert_eq!(order, vec![8, 8, 8, 8, 8, 1, 1, 1, 1, 1], "{order:?}");
+    q.stop_consuming().await;
+}
+
+async fn stop_waits_for_deliveries_in_flight(q: Arc<dyn TaskQueue>) {
+    q.publish(vec![message(0), message(0)])
+        .await
+        .expect("publish");
+    let h = Recorder::holding(Duration::from_millis(400));
+    q.start_consuming(h.clone(), 2).await.expect("start");
+    h.wait_for(1, Duration::from_secs(30)).await;
+    let started = Instant::now();
+    q.stop_consuming().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "stop returned before the handler finished"
+    );
+    let stats = q.stats().await.expect("stats");
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+}
+
+async fn second_consumer_is_refused(q: Arc<dyn TaskQueue>) {
+    let h = Recorder::new(|_| Disposition::Ack);
+    q.start_consuming(h.clone(), 1).await.expect("start");
+    assert!(q.start_consuming(h, 1).await.is_err());
+    q.stop_consuming().await;
+}
+
+/// Runs every check, each on a fresh queue from `make`.
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread")]
+            async fn delivers_every_message_once() {
+                super::delivers_every_message_once($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn retry_redelivers_with_the_next_attempt() {
+                super::retry_redelivers_with_the_next_attempt($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn dead_goes_to_the_dead_letter_queue() {
+                super::dead_goes_to_the_dead_letter_queue($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn higher_priority_first() {
+                super::higher_priority_first($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn stop_waits_for_deliveries_in_flight() {
+                super::stop_waits_for_deliveries_in_flight($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn second_consumer_is_refused() {
+                super::second_consumer_is_refused($make.await).await
+            }
+        }
+    };
+}
+
+async fn embedded() -> Arc<dyn TaskQueue> {
+    use export_host::config::EmbeddedQueueConfig;
+    use export_host::queue::embedded::EmbeddedQueue;
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let config = EmbeddedQueueConfig {
+        retry_backoff_ms: 10,
+        retry_backoff_max_ms: 50,
+        ..Default::default()
+    };
+    Arc::new(
+        EmbeddedQueue::open(
+            &dir.join("queue.db"),
+            config,
+            MAX_ATTEMPTS,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("open"),
+    )
+}
+
+conformance!(embedded_backend, embedded());
+
+/// Embedded only: what was published survives closing and reopening the file.
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_messages_survive_reopen() {
+    use export_host::config::EmbeddedQueueConfig;
+    use export_host::queue::embedded::EmbeddedQueue;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("queue.db");
+    let ids: HashMap<String, ()> = {
+        let q = EmbeddedQueue::open(
+            &path,
+            EmbeddedQueueConfig::default(),
+            MAX_ATTEMPTS,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("open");
+        let batch: Vec<TaskMessage> = (0..10).map(|_| message(0)).collect();
+        let ids = batch.iter().map(|m| (m.task_id.to_string(), ())).collect();
+        q.publish(batch).await.expect("publish");
+        ids
+    };
+    let q = EmbeddedQueue::open(
+        &path,
+        EmbeddedQueueConfig::default(),
+        MAX_ATTEMPTS,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("reopen");
+    let h = Recorder::new(|_| Disposition::Ack);
+    q.start_consuming(h.clone(), 2).await.expect("start");
+    let seen = h.wait_for(10, Duration::from_secs(30)).await;
+    assert!(seen.iter().all(|s| ids.contains_key(&s.0)));
+    q.stop_consuming().await;
+}
