@@ -345,6 +345,50 @@ async fn letter_invoice_and_docxtpl_features() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn cell_helpers_and_paragraph_merges() {
+    let s = TestServer::start(&["docx"], "").await;
+    upload(&s, "helpers", &assets().join("helpers.docx")).await;
+    let data = json!({
+        "rows": [
+            {"group": "A", "name": "n1", "color": "FF0000", "v": 1, "span": 1},
+            {"group": "A", "name": "n2", "color": "00FF00", "v": 2, "span": 1}
+        ],
+        "cols": ["x", "y", "z"]
+    });
+    let doc = read_docx(&render_ok(&s, "helpers", data.clone()).await);
+    // {%- / -%} merged three paragraphs into one.
+    assert_eq!(
+        texts(&doc),
+        ["before merged with the previous paragraph and the next"]
+    );
+    let rows = &doc["tables"][0]["rows"];
+    assert_eq!(
+        table_texts(&doc["tables"][0]),
+        [["A", "n1", "1"], ["", "n2", "2"]]
+    );
+    // {% vm %}: first row restarts the vertical merge, the next continues it.
+    assert_eq!(rows[0][0]["vmerge"], "restart");
+    assert_eq!(rows[1][0]["vmerge"], "continue");
+    // {% cellbg %} and {% colspan %} from data.
+    assert_eq!(rows[0][1]["fill"], "FF0000");
+    assert_eq!(rows[1][1]["fill"], "00FF00");
+    assert_eq!(rows[0][2]["span"], 1);
+    // {% hm %}: one cell spanning the loop's columns.
+    let hm = &doc["tables"][1];
+    assert_eq!(table_texts(hm), [["merged x"]]);
+    assert_eq!(hm["rows"][0][0]["span"], 3);
+    assert_eq!(
+        visible(&doc),
+        visible(&docxtpl(&assets().join("helpers.docx"), &data))
+    );
+    // A colour cannot break out of its attribute.
+    let mut evil = data.clone();
+    evil["rows"][0]["color"] = json!("\"/><w:evil a=\"");
+    let doc = read_docx(&render_ok(&s, "helpers", evil).await);
+    assert_eq!(doc["tables"][0]["rows"][0][1]["fill"], "\"/><w:evil a=\"");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn images_from_data() {
     let s = TestServer::start(&["docx"], "").await;
     upload(&s, "image", &assets().join("image.docx")).await;

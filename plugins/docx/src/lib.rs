@@ -455,7 +455,7 @@ fn render_docx_inner(template: &[u8], data: &str, opts: &Options) -> Result<Vec<
 fn check_prolog(archive: &zipio::Archive<'_>, i: usize) -> Result<(), RenderError> {
     let name = &archive.entries[i].name;
     let head = archive
-        .read_prefix(i, 4096)
+        .read_prefix(i, 256)
         .map_err(|e| bad_template(e.0, name.clone()))?;
     let complete = head.len() as u64 >= archive.entries[i].usize as u64;
     match xml::check_prolog(&head, complete) {

@@ -53,6 +53,8 @@ impl Entry {
 pub struct Archive<'a> {
     bytes: &'a [u8],
     pub entries: Vec<Entry>,
+    /// One inflater for every entry (its state is large: reset, not rebuilt).
+    inflater: std::cell::RefCell<Option<Decompress>>,
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -263,7 +265,11 @@ impl<'a> Archive<'a> {
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return err(format!("the ZIP archive has two entries named {:?}", w[0]));
         }
-        Ok(Archive { bytes, entries })
+        Ok(Archive {
+            bytes,
+            entries,
+            inflater: std::cell::RefCell::new(None),
+        })
     }
 
     pub fn find(&self, name: &str) -> Option<usize> {
@@ -308,7 +314,14 @@ impl<'a> Archive<'a> {
         }
         // One spare byte tells "more than declared" apart from "exactly".
         let mut out = Vec::with_capacity(want + 1);
-        let mut d = Decompress::new(false);
+        let mut slot = self.inflater.borrow_mut();
+        let d = match slot.as_mut() {
+            Some(d) => {
+                d.reset(false);
+                d
+            }
+            None => slot.insert(Decompress::new(false)),
+        };
         loop {
             let (in_before, out_before) = (d.total_in(), d.total_out());
             let status = d
@@ -374,6 +387,8 @@ pub struct Writer {
     central: Vec<u8>,
     count: usize,
     level: u32,
+    deflater: Option<Compress>,
+    buf: Vec<u8>,
 }
 
 impl Writer {
@@ -383,6 +398,8 @@ impl Writer {
             central: Vec::with_capacity(4096),
             count: 0,
             level,
+            deflater: None,
+            buf: Vec::new(),
         }
     }
 
@@ -459,8 +476,19 @@ impl Writer {
             self.entry(name, 0, crc, n, n, time, date, content);
             return Ok(());
         }
-        let mut c = Compress::new(Compression::new(self.level), false);
-        let mut buf = Vec::with_capacity(content.len() / 4 + 1024);
+        let level = self.level;
+        let c = match self.deflater.as_mut() {
+            Some(c) => {
+                c.reset();
+                c
+            }
+            None => self
+                .deflater
+                .insert(Compress::new(Compression::new(level), false)),
+        };
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.reserve(content.len() / 4 + 1024);
         loop {
             let consumed = c.total_in() as usize;
             let status = c

@@ -214,6 +214,27 @@ def image(path):
     save(doc, path)
 
 
+def helpers(path):
+    """docxtpl's cell helpers and paragraph merges."""
+    doc = Document()
+    t = doc.add_table(rows=3, cols=3)
+    t.style = "Table Grid"
+    t.cell(0, 0).text = "{%tr for r in rows %}"
+    t.cell(1, 0).text = "{% vm %}{{ r.group }}"
+    t.cell(1, 1).text = "{% cellbg r.color %}{{ r.name }}"
+    t.cell(1, 2).text = "{% colspan r.span %}{{ r.v }}"
+    t.cell(2, 0).text = "{%tr endfor %}"
+    para(doc, "before")
+    para(doc, "{%- if rows %} merged with the previous paragraph {% endif -%}")
+    para(doc, "and the next")
+    t2 = doc.add_table(rows=1, cols=3)
+    t2.style = "Table Grid"
+    t2.cell(0, 0).text = "{%tc for c in cols %}"
+    t2.cell(0, 1).text = "{% hm %}merged {{ c }}"
+    t2.cell(0, 2).text = "{%tc endfor %}"
+    save(doc, path)
+
+
 def simple(path, paragraphs):
     doc = Document()
     for p in paragraphs:
@@ -316,6 +337,7 @@ if __name__ == "__main__":
         nested(os.path.join(d, "nested.docx"))
         footnotes(os.path.join(d, "footnotes.docx"))
         image(os.path.join(d, "image.docx"))
+        helpers(os.path.join(d, "helpers.docx"))
     elif what == "bad":
         bad(d)
     else:

@@ -85,9 +85,15 @@ def table_json(t):
         for tc in tr.tc_lst:
             from docx.table import _Cell
             c = _Cell(tc, t)
+            pr = tc.tcPr
+            shd = pr.find(W + "shd") if pr is not None else None
+            vm = pr.find(W + "vMerge") if pr is not None else None
             cells.append({
                 "text": "\n".join(p.text for p in c.paragraphs),
                 "tables": [table_json(x) for x in c.tables],
+                "span": tc.grid_span,
+                "fill": shd.get(W + "fill") if shd is not None else None,
+                "vmerge": (vm.get(W + "val") or "continue") if vm is not None else None,
             })
         rows.append(cells)
     grid = t._tbl.tblGrid
