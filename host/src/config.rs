@@ -124,6 +124,10 @@ pub struct PluginsConfig {
     /// Font files (.ttf/.otf/.ttc) under these directories are shared,
     /// read-only, with plugins that ask for fonts (PDF).
     pub font_dirs: Vec<PathBuf>,
+    /// Watch `dir` and load added, replaced or removed plugins without a restart.
+    pub watch: bool,
+    /// Limits for one plugin, by plugin name, e.g. `pdf: { timeout_ms: 60000 }`.
+    pub limits: std::collections::BTreeMap<String, LimitsOverride>,
 }
 
 impl Default for PluginsConfig {
@@ -132,6 +136,8 @@ impl Default for PluginsConfig {
             dir: PathBuf::from("plugins/dist"),
             cache_dir: None,
             font_dirs: vec![PathBuf::from("/usr/share/fonts")],
+            watch: true,
+            limits: Default::default(),
         }
     }
 }
@@ -149,6 +155,21 @@ pub struct LimitsConfig {
     pub max_data_bytes: usize,
     /// Largest template file accepted on upload.
     pub max_template_bytes: usize,
+    /// Optional instruction budget per render (wasmtime fuel); null = only
+    /// the wall clock limits CPU. Enabling fuel costs some speed.
+    pub fuel: Option<u64>,
+    /// Guest stdout and stderr kept per task (each), in KiB; the rest is dropped.
+    pub stdio_kb: usize,
+}
+
+/// Per-plugin overrides of `limits:` (under `plugins.limits.<plugin name>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    pub timeout_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub output_mb: Option<u64>,
+    pub fuel: Option<u64>,
 }
 
 impl Default for LimitsConfig {
@@ -159,6 +180,8 @@ impl Default for LimitsConfig {
             output_mb: 64,
             max_data_bytes: 4 * 1024 * 1024,
             max_template_bytes: 16 * 1024 * 1024,
+            fuel: None,
+            stdio_kb: 64,
         }
     }
 }
@@ -299,6 +322,23 @@ impl Config {
         }
         if l.output_mb == 0 {
             return Err(invalid("limits.output_mb", "must be > 0"));
+        }
+        for (name, o) in &self.plugins.limits {
+            if o.memory_mb.is_some_and(|m| m == 0 || m > 4096) {
+                return Err(ConfigError::Invalid {
+                    key: "plugins.limits.<name>.memory_mb",
+                    message: format!("{name}: must be in 1..=4096"),
+                });
+            }
+            if o.timeout_ms == Some(0) || o.output_mb == Some(0) || o.fuel == Some(0) {
+                return Err(ConfigError::Invalid {
+                    key: "plugins.limits.<name>",
+                    message: format!("{name}: timeout_ms, output_mb and fuel must be > 0"),
+                });
+            }
+        }
+        if l.fuel == Some(0) {
+            return Err(invalid("limits.fuel", "must be > 0 or null"));
         }
         if l.max_data_bytes == 0 {
             return Err(invalid("limits.max_data_bytes", "must be > 0"));

@@ -14,12 +14,17 @@
 //! * [`queue`] — the `TaskQueue` trait and its backends (`embedded`, durable
 //!   SQLite; `rocketmq` to come).
 //! * [`worker`] — the queue's handler: one task in, a result or a failure out.
-//! * [`plugin`] — the wasmtime sandbox: loading, limits, fault classes.
+//! * [`plugin`] — the wasmtime sandbox: loading and hot reload, limits,
+//!   fault classes, fonts, captured stdio.
 //! * [`store`] — task records, result files and template bundles.
 //! * [`db`] — SQLite with a group-committing writer thread (shared by the
 //!   embedded queue and the task store).
 //! * [`server`] — wires everything for `export-host serve`.
 //! * [`shutdown`] — the one shutdown signal.
+
+// rocketmq-rust's client futures and types nest deeper than the default
+// limit of 128 (its own crates and examples raise it the same way).
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod config;

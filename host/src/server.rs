@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::api::{self, AppState};
 use crate::config::{Backend, Config};
-use crate::plugin::{Limits, PluginHost};
+use crate::plugin::{Limits, PluginHost, SandboxConfig};
 use crate::queue::TaskQueue;
 use crate::queue::embedded::EmbeddedQueue;
 use crate::shutdown::Shutdown;
@@ -40,12 +40,14 @@ pub enum ServeError {
 
 /// Load the plugins of `config` into a new sandbox host.
 pub fn plugin_host(config: &Config) -> Result<PluginHost, crate::plugin::PluginError> {
-    let host = PluginHost::new(
-        Limits::from_config(&config.limits),
-        config.plugin_cache_dir(),
-        config.plugins.font_dirs.clone(),
-    )?;
-    host.load_dir(&config.plugins.dir)?;
+    let host = PluginHost::new(SandboxConfig {
+        limits: Limits::from_config(&config.limits),
+        overrides: config.plugins.limits.clone(),
+        cache_dir: config.plugin_cache_dir(),
+        font_dirs: config.plugins.font_dirs.clone(),
+        pooling: true,
+    })?;
+    host.reload(&config.plugins.dir)?;
     Ok(host)
 }
 
@@ -72,6 +74,9 @@ impl Server {
             source,
         })?;
         let plugins = Arc::new(tokio::task::block_in_place(|| plugin_host(&config))?);
+        if config.plugins.watch {
+            plugins.watch(config.plugins.dir.clone());
+        }
         let queue: Arc<dyn TaskQueue> = match config.backend() {
             Backend::Embedded => Arc::new(
                 EmbeddedQueue::open(

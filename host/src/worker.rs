@@ -122,9 +122,12 @@ impl Worker {
         let plugins = self.plugins.clone();
         let (fmt, data) = (m.output_format.clone(), m.data.get().to_owned());
         let options = vec![("attempt".to_string(), d.attempt.to_string())];
-        tokio::task::spawn_blocking(move || plugins.render(&fmt, &name, template, data, options))
-            .await
-            .map_err(|e| Fault::Host(format!("render thread: {e}")))?
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| plugins.render(&fmt, &name, template, data, options))
+        })
+        .await
+        .map_err(|e| Fault::Host(format!("render thread: {e}")))?
     }
 
     async fn fail(&self, d: &Delivery, fault: Fault, elapsed_ms: f64) -> Disposition {

@@ -97,13 +97,13 @@ impl TestServer {
 
     fn spawn(&mut self) {
         let d = self.dir.path();
-        let config = format!(
-            "server:\n  listen: \"127.0.0.1:0\"\nstorage:\n  data_dir: \"{}\"\nplugins:\n  dir: \"{}\"\n  cache_dir: \"{}\"\n{}",
+        let base = format!(
+            "server:\n  listen: \"127.0.0.1:0\"\nstorage:\n  data_dir: \"{}\"\nplugins:\n  dir: \"{}\"\n  cache_dir: \"{}\"\n",
             d.join("data").display(),
             d.join("plugins").display(),
             shared_cache_dir().display(),
-            self.config_extra
         );
+        let config = merge_yaml(&base, &self.config_extra);
         let config_path = d.join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_export-host"))
@@ -242,6 +242,30 @@ impl TestServer {
             .await
             .expect("result")
     }
+}
+
+/// Deep-merge YAML mappings: `extra` wins, nested mappings merge.
+pub fn merge_yaml(base: &str, extra: &str) -> String {
+    fn merge(a: &mut serde_yaml::Value, b: serde_yaml::Value) {
+        match (a, b) {
+            (serde_yaml::Value::Mapping(a), serde_yaml::Value::Mapping(b)) => {
+                for (k, v) in b {
+                    match a.get_mut(&k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            a.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+    let mut value: serde_yaml::Value = serde_yaml::from_str(base).expect("base yaml");
+    if !extra.trim().is_empty() {
+        merge(&mut value, serde_yaml::from_str(extra).expect("extra yaml"));
+    }
+    serde_yaml::to_string(&value).expect("yaml")
 }
 
 impl Drop for TestServer {

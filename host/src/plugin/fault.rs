@@ -8,6 +8,8 @@ use super::bindings::RenderError;
 pub enum Fault {
     #[error("render exceeded the time limit of {limit_ms} ms")]
     Timeout { limit_ms: u64 },
+    #[error("render used up its fuel ({fuel} units)")]
+    FuelExhausted { fuel: u64 },
     #[error("plugin exceeded the memory limit of {limit_mb} MB")]
     OutOfMemory { limit_mb: u64 },
     #[error("plugin returned {size} bytes, more than the output limit of {limit} bytes")]
@@ -64,6 +66,7 @@ impl Fault {
     pub fn class(&self) -> &'static str {
         match self {
             Fault::Timeout { .. } => "timeout",
+            Fault::FuelExhausted { .. } => "fuel_exhausted",
             Fault::OutOfMemory { .. } => "out_of_memory",
             Fault::OutputTooLarge { .. } => "output_too_large",
             Fault::Trap(_) => "trap",

@@ -1,11 +1,17 @@
 //! Every per-task limit of the sandbox, and the store data that enforces them.
 
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
-/// Limits for one render. Built from `limits:` in the config.
-#[derive(Debug, Clone, Copy)]
+use super::fonts::FontIndex;
+use super::stdio::CapturePipe;
+use crate::config::{LimitsConfig, LimitsOverride};
+
+/// Limits for one render: the `limits:` section, overridden per plugin by
+/// `plugins.limits.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Wall clock for instantiate + render.
     pub timeout: Duration,
@@ -15,37 +21,51 @@ pub struct Limits {
     pub table_elements: usize,
     /// Largest document accepted from the plugin, in bytes.
     pub output_bytes: usize,
+    /// Instructions budget (wasmtime fuel); `None` = unmetered.
+    pub fuel: Option<u64>,
+    /// Guest stdout and stderr kept per task, each, in bytes.
+    pub stdio_bytes: usize,
 }
 
 impl Limits {
-    pub fn from_config(c: &crate::config::LimitsConfig) -> Limits {
+    pub fn from_config(c: &LimitsConfig) -> Limits {
         Limits {
             timeout: Duration::from_millis(c.timeout_ms),
             memory_bytes: (c.memory_mb as usize) << 20,
             table_elements: 100_000,
             output_bytes: (c.output_mb as usize) << 20,
+            fuel: c.fuel,
+            stdio_bytes: c.stdio_kb << 10,
         }
+    }
+
+    pub fn with(mut self, o: &LimitsOverride) -> Limits {
+        if let Some(ms) = o.timeout_ms {
+            self.timeout = Duration::from_millis(ms);
+        }
+        if let Some(mb) = o.memory_mb {
+            self.memory_bytes = (mb as usize) << 20;
+        }
+        if let Some(mb) = o.output_mb {
+            self.output_bytes = (mb as usize) << 20;
+        }
+        if let Some(fuel) = o.fuel {
+            self.fuel = Some(fuel);
+        }
+        self
     }
 }
 
-/// Store data of one sandboxed instance: WASI with no authority, and the
-/// limiter that remembers which limit was hit.
+/// Store data of one sandboxed instance: WASI with no authority, captured
+/// stdio, the fonts the host shares, and the limiter that remembers which
+/// limit was hit.
 pub struct TaskState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub limiter: Limiter,
-    /// Read-only fonts the host shares (the `fonts` import).
-    pub fonts: std::sync::Arc<super::fonts::FontIndex>,
-}
-
-impl super::bindings::fonts::Host for TaskState {
-    fn faces(&mut self) -> Vec<super::bindings::fonts::FontFace> {
-        self.fonts.faces()
-    }
-
-    fn data(&mut self, id: u32) -> Option<Vec<u8>> {
-        self.fonts.data(id).map(|bytes| bytes.as_ref().clone())
-    }
+    pub fonts: Arc<FontIndex>,
+    pub stdout: CapturePipe,
+    pub stderr: CapturePipe,
 }
 
 impl WasiView for TaskState {
@@ -57,17 +77,37 @@ impl WasiView for TaskState {
     }
 }
 
+/// `types` declares no functions; linking it needs this (empty) impl.
+impl super::bindings::export_host::plugin::types::Host for TaskState {}
+
+impl super::bindings::fonts::Host for TaskState {
+    fn faces(&mut self) -> Vec<super::bindings::fonts::FontFace> {
+        self.fonts.faces()
+    }
+
+    fn data(&mut self, id: u32) -> Option<Vec<u8>> {
+        self.fonts.data(id).map(|bytes| bytes.as_ref().clone())
+    }
+}
+
 impl TaskState {
-    pub fn new(limits: &Limits, fonts: std::sync::Arc<super::fonts::FontIndex>) -> TaskState {
+    pub fn new(limits: &Limits, fonts: Arc<FontIndex>) -> TaskState {
+        let stdout = CapturePipe::new(limits.stdio_bytes);
+        let stderr = CapturePipe::new(limits.stdio_bytes);
         // No preopened directories, no environment, no arguments, stdin
-        // closed, stdout/stderr discarded, every socket address denied and
-        // name lookup disabled: the defaults of an empty builder.
-        let wasi = WasiCtx::builder().build();
+        // closed, every socket address denied and name lookup disabled (the
+        // defaults of an empty builder); stdout/stderr captured and bounded.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
         TaskState {
             wasi,
             table: ResourceTable::new(),
             limiter: Limiter::new(limits),
             fonts,
+            stdout,
+            stderr,
         }
     }
 }

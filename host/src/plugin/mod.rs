@@ -5,24 +5,31 @@
 //! * [`limits`] — per-task limits and the store data that enforces them.
 //! * [`fault`] — what can go wrong, and whether it is worth a retry.
 //! * [`cache`] — precompiled `.cwasm` files.
+//! * [`fonts`] — the fonts the host shares (the `fonts` import).
+//! * [`stdio`] — bounded capture of guest stdout/stderr.
 //!
 //! Calls are synchronous (run them on a blocking thread); a ticker thread
 //! advances the engine's epoch every [`TICK`], and each store's deadline is
 //! its timeout in ticks, so a stuck guest traps within timeout + one tick.
+//! Instances come from wasmtime's pooling allocator (slots are reused, so a
+//! fresh instance per task is cheap) and from an `InstancePre` made once per
+//! plugin file.
 
 pub mod bindings;
 pub mod cache;
 pub mod fault;
 pub mod fonts;
 pub mod limits;
+pub mod stdio;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 
+use crate::config::LimitsOverride;
 use bindings::{FormatPlugin, FormatPluginPre, RenderRequest};
 pub use fault::{Fault, Retry};
 pub use limits::Limits;
@@ -30,6 +37,9 @@ use limits::TaskState;
 
 /// Epoch tick: the resolution of the wall-clock timeout.
 pub const TICK: Duration = Duration::from_millis(5);
+
+/// How often the plugin directory is checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -52,28 +62,74 @@ pub struct FormatInfo {
     pub plugin: String,
 }
 
-/// A loaded plugin, or a file that failed to load.
+/// A plugin file as the host sees it (`GET /api/v1/plugins`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PluginStatus {
     pub file: String,
     pub name: Option<String>,
     pub version: Option<String>,
     pub formats: Vec<String>,
+    /// `loaded`; `rejected` (nothing serves from this file); or `stale`
+    /// (the newest file was rejected, the previous version keeps serving).
     pub status: &'static str,
     pub error: Option<String>,
+}
+
+/// What the sandbox needs to know at construction.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub limits: Limits,
+    pub overrides: BTreeMap<String, LimitsOverride>,
+    pub cache_dir: PathBuf,
+    pub font_dirs: Vec<PathBuf>,
+    pub pooling: bool,
+}
+
+impl SandboxConfig {
+    /// Whether any plugin has a fuel budget (fuel metering is engine-wide).
+    fn uses_fuel(&self) -> bool {
+        self.limits.fuel.is_some() || self.overrides.values().any(|o| o.fuel.is_some())
+    }
 }
 
 struct Loaded {
     name: String,
     version: String,
     formats: Vec<FormatInfo>,
+    limits: Limits,
     pre: FormatPluginPre<TaskState>,
+}
+
+struct FileEntry {
+    stamp: (SystemTime, u64),
+    loaded: Option<Arc<Loaded>>,
+    error: Option<String>,
 }
 
 #[derive(Default)]
 struct Registry {
+    files: BTreeMap<String, FileEntry>,
     by_format: BTreeMap<String, (Arc<Loaded>, FormatInfo)>,
-    statuses: Vec<PluginStatus>,
+}
+
+impl Registry {
+    /// Formats go to plugins in file-name order; the first claim wins.
+    fn index(&mut self) {
+        self.by_format.clear();
+        for (file, entry) in &self.files {
+            let Some(loaded) = &entry.loaded else {
+                continue;
+            };
+            for f in &loaded.formats {
+                if let Some((other, _)) = self.by_format.get(&f.name) {
+                    tracing::warn!(format = %f.name, %file, kept = %other.name, "format offered twice; keeping the first");
+                    continue;
+                }
+                self.by_format
+                    .insert(f.name.clone(), (loaded.clone(), f.clone()));
+            }
+        }
+    }
 }
 
 /// A rendered document.
@@ -86,9 +142,9 @@ pub struct Rendered {
 
 pub struct PluginHost {
     engine: Engine,
+    consumes_fuel: bool,
     linker: Linker<TaskState>,
-    limits: Limits,
-    cache_dir: PathBuf,
+    config: SandboxConfig,
     fonts: Arc<fonts::FontIndex>,
     registry: RwLock<Registry>,
     _ticker: Ticker,
@@ -102,19 +158,59 @@ impl Drop for Ticker {
     }
 }
 
+fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
+    let mut c = wasmtime::Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    c.consume_fuel(config.uses_fuel());
+    if config.pooling {
+        let max_memory = config
+            .overrides
+            .values()
+            .filter_map(|o| o.memory_mb)
+            .map(|mb| (mb as usize) << 20)
+            .fold(config.limits.memory_bytes, usize::max);
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        pool.total_component_instances(256)
+            .total_core_instances(1024)
+            .total_memories(512)
+            .total_tables(1024)
+            .max_memory_size(max_memory)
+            .table_elements(config.limits.table_elements)
+            .max_core_instances_per_component(32)
+            .max_memories_per_component(8)
+            .max_tables_per_component(32)
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(1 << 20)
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 16);
+        c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
+    Engine::new(&c)
+}
+
 impl PluginHost {
-    pub fn new(
-        limits: Limits,
-        cache_dir: PathBuf,
-        font_dirs: Vec<PathBuf>,
-    ) -> Result<PluginHost, PluginError> {
-        let mut config = wasmtime::Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
+    pub fn new(config: SandboxConfig) -> Result<PluginHost, PluginError> {
+        let engine = match engine(&config) {
+            Ok(e) => e,
+            Err(e) if config.pooling => {
+                tracing::warn!(error = %e, "pooling allocator unavailable; allocating instances on demand");
+                engine(&SandboxConfig {
+                    pooling: false,
+                    ..config.clone()
+                })
+                .map_err(|e| PluginError::Engine(e.to_string()))?
+            }
+            Err(e) => return Err(PluginError::Engine(e.to_string())),
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
+        FormatPlugin::add_to_linker::<TaskState, wasmtime::component::HasSelf<TaskState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (weak, flag) = (engine.weak(), stop.clone());
@@ -131,83 +227,131 @@ impl PluginHost {
             })
             .map_err(|e| PluginError::Engine(e.to_string()))?;
 
+        let consumes_fuel = config.uses_fuel();
         Ok(PluginHost {
             engine,
+            consumes_fuel,
             linker,
-            limits,
-            cache_dir,
-            fonts: Arc::new(fonts::FontIndex::new(font_dirs)),
+            fonts: Arc::new(fonts::FontIndex::new(config.font_dirs.clone())),
+            config,
             registry: RwLock::default(),
             _ticker: Ticker(stop),
         })
     }
 
+    /// Default limits (before per-plugin overrides).
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.config.limits
     }
 
-    /// Load every `*.wasm` in `dir`, replacing what was loaded before.
-    /// Files that fail are listed in [`PluginHost::statuses`] with the reason.
-    pub fn load_dir(&self, dir: &Path) -> Result<(), PluginError> {
+    /// Bring the registry in line with `dir`: load new and changed `*.wasm`
+    /// files, forget removed ones. A changed file that fails to load keeps
+    /// its previous version serving. Returns whether anything changed.
+    pub fn reload(&self, dir: &Path) -> Result<bool, PluginError> {
         let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Dir {
             path: dir.to_owned(),
             source,
         })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-            .collect();
-        files.sort();
-        let mut registry = Registry::default();
-        for path in files {
-            let file = path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            match self.load_file(&path) {
-                Ok(loaded) => {
-                    let loaded = Arc::new(loaded);
-                    let mut claimed = Vec::new();
-                    for f in &loaded.formats {
-                        if let Some((other, _)) = registry.by_format.get(&f.name) {
-                            tracing::warn!(format = %f.name, plugin = %loaded.name, kept = %other.name, "format offered twice; keeping the first");
-                            continue;
-                        }
-                        registry
-                            .by_format
-                            .insert(f.name.clone(), (loaded.clone(), f.clone()));
-                        claimed.push(f.name.clone());
-                    }
-                    tracing::info!(%file, plugin = %loaded.name, formats = ?claimed, "plugin loaded");
-                    registry.statuses.push(PluginStatus {
-                        file,
-                        name: Some(loaded.name.clone()),
-                        version: Some(loaded.version.clone()),
-                        formats: claimed,
-                        status: "loaded",
-                        error: None,
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(%file, error = %e, "plugin rejected");
-                    registry.statuses.push(PluginStatus {
-                        file,
-                        name: None,
-                        version: None,
-                        formats: Vec::new(),
-                        status: "rejected",
-                        error: Some(e),
-                    });
-                }
+        let mut present: BTreeMap<String, (PathBuf, (SystemTime, u64))> = BTreeMap::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "wasm") {
+                continue;
             }
+            let Ok(meta) = entry.metadata() else { continue };
+            let stamp = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            );
+            present.insert(
+                entry.file_name().to_string_lossy().into_owned(),
+                (path, stamp),
+            );
         }
-        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
-        Ok(())
+        let changed: Vec<(String, PathBuf, (SystemTime, u64))> = {
+            let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
+            present
+                .iter()
+                .filter(|(file, (_, stamp))| reg.files.get(*file).is_none_or(|e| e.stamp != *stamp))
+                .map(|(file, (path, stamp))| (file.clone(), path.clone(), *stamp))
+                .collect()
+        };
+        // Compile outside the lock: tasks keep rendering meanwhile.
+        let results: Vec<(String, (SystemTime, u64), Result<Loaded, String>)> = changed
+            .into_iter()
+            .map(|(file, path, stamp)| (file, stamp, self.load_file(&path)))
+            .collect();
+
+        let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        let before = reg.files.len();
+        reg.files.retain(|file, _| {
+            let keep = present.contains_key(file);
+            if !keep {
+                tracing::info!(%file, "plugin removed");
+            }
+            keep
+        });
+        let mut any = reg.files.len() != before;
+        for (file, stamp, result) in results {
+            any = true;
+            let previous = reg.files.get(&file).and_then(|e| e.loaded.clone());
+            let entry = match result {
+                Ok(loaded) => {
+                    let names: Vec<&str> = loaded.formats.iter().map(|f| f.name.as_str()).collect();
+                    tracing::info!(%file, plugin = %loaded.name, version = %loaded.version, formats = ?names, "plugin loaded");
+                    FileEntry {
+                        stamp,
+                        loaded: Some(Arc::new(loaded)),
+                        error: None,
+                    }
+                }
+                Err(error) => {
+                    let kept = previous.as_ref().map(|p| p.version.clone());
+                    tracing::error!(%file, %error, kept_version = ?kept, "plugin rejected");
+                    FileEntry {
+                        stamp,
+                        loaded: previous,
+                        error: Some(error),
+                    }
+                }
+            };
+            reg.files.insert(file, entry);
+        }
+        if any {
+            reg.index();
+        }
+        Ok(any)
+    }
+
+    /// Check `dir` every [`WATCH_INTERVAL`] until the host is dropped.
+    pub fn watch(self: &Arc<Self>, dir: PathBuf) {
+        let weak: Weak<PluginHost> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("plugin-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(WATCH_INTERVAL);
+                    let Some(host) = weak.upgrade() else { return };
+                    if let Err(e) = host.reload(&dir) {
+                        tracing::warn!(error = %e, "cannot scan plugin directory");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the plugin watcher");
+        }
+    }
+
+    fn limits_for(&self, plugin: &str) -> Limits {
+        match self.config.overrides.get(plugin) {
+            Some(o) => self.config.limits.with(o),
+            None => self.config.limits,
+        }
     }
 
     fn load_file(&self, path: &Path) -> Result<Loaded, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        let component = cache::load(&self.engine, &self.cache_dir, &bytes)
+        let component = cache::load(&self.engine, &self.config.cache_dir, &bytes)
             .map_err(|e| format!("not a valid component: {e:#}"))?;
         self.check_world(&component)?;
         let pre = self
@@ -216,7 +360,7 @@ impl PluginHost {
             .map_err(|e| format!("imports something the host does not provide: {e:#}"))?;
         let pre = FormatPluginPre::new(pre)
             .map_err(|e| format!("does not export {}: {e:#}", bindings::RENDERER_EXPORT))?;
-        let mut store = self.store();
+        let mut store = self.store(&self.config.limits);
         let plugin = pre
             .instantiate(&mut store)
             .map_err(|e| format!("cannot instantiate: {e:#}"))?;
@@ -254,7 +398,9 @@ impl PluginHost {
         if formats.is_empty() {
             return Err("plugin offers no output format".into());
         }
+        let limits = self.limits_for(&info.name);
         Ok(Loaded {
+            limits,
             name: info.name,
             version: info.version,
             formats,
@@ -276,7 +422,7 @@ impl PluginHost {
         let prefix = format!("{}/renderer@", bindings::WIT_PACKAGE);
         match exports.iter().find(|e| e.starts_with(&prefix)) {
             Some(other) => Err(format!(
-                "exports {other}, but this host implements {} (accepts {}@{})",
+                "WIT version mismatch: the component exports {other}, this host implements {} (accepts {}@{})",
                 bindings::RENDERER_EXPORT,
                 bindings::WIT_PACKAGE,
                 bindings::WIT_VERSION
@@ -293,15 +439,17 @@ impl PluginHost {
         }
     }
 
-    fn store(&self) -> Store<TaskState> {
-        let mut store = Store::new(
-            &self.engine,
-            TaskState::new(&self.limits, self.fonts.clone()),
-        );
+    fn store(&self, limits: &Limits) -> Store<TaskState> {
+        let mut store = Store::new(&self.engine, TaskState::new(limits, self.fonts.clone()));
         store.limiter(|s| &mut s.limiter);
-        let ticks = self.limits.timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64;
+        let ticks = limits.timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64;
         store.set_epoch_deadline(ticks.max(1));
         store.epoch_deadline_trap();
+        if let Some(fuel) = limits.fuel {
+            let _ = store.set_fuel(fuel);
+        } else if self.consumes_fuel {
+            let _ = store.set_fuel(u64::MAX);
+        }
         store
     }
 
@@ -317,14 +465,31 @@ impl PluginHost {
     }
 
     pub fn statuses(&self) -> Vec<PluginStatus> {
-        self.registry
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .statuses
-            .clone()
+        let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
+        reg.files
+            .iter()
+            .map(|(file, e)| PluginStatus {
+                file: file.clone(),
+                name: e.loaded.as_ref().map(|l| l.name.clone()),
+                version: e.loaded.as_ref().map(|l| l.version.clone()),
+                formats: e
+                    .loaded
+                    .as_ref()
+                    .map(|l| l.formats.iter().map(|f| f.name.clone()).collect())
+                    .unwrap_or_default(),
+                status: match (&e.loaded, &e.error) {
+                    (Some(_), None) => "loaded",
+                    (Some(_), Some(_)) => "stale",
+                    (None, _) => "rejected",
+                },
+                error: e.error.clone(),
+            })
+            .collect()
     }
 
     /// Render in a fresh sandbox. Blocking: call from a blocking thread.
+    /// The plugin version that starts a task finishes it, even if the file
+    /// is replaced meanwhile.
     pub fn render(
         &self,
         format: &str,
@@ -338,7 +503,8 @@ impl PluginHost {
             reg.by_format.get(format).map(|(p, _)| p.clone())
         };
         let plugin = plugin.ok_or_else(|| Fault::NoPlugin(format.to_string()))?;
-        let mut store = self.store();
+        let limits = plugin.limits;
+        let mut store = self.store(&limits);
         let request = RenderRequest {
             format: format.into(),
             template_name: template_name.into(),
@@ -354,7 +520,7 @@ impl PluginHost {
                     .export_host_plugin_renderer()
                     .call_render(&mut store, &request)
             });
-        let limits = &self.limits;
+        log_stdio(store.data(), &plugin.name);
         match outcome {
             Ok(Ok(doc)) if doc.bytes.len() > limits.output_bytes => Err(Fault::OutputTooLarge {
                 size: doc.bytes.len(),
@@ -366,27 +532,44 @@ impl PluginHost {
                 extension: doc.extension,
             }),
             Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(classify_trap(&e, store.data(), limits)),
+            Err(e) => Err(classify_trap(&e, store.data(), &limits)),
+        }
+    }
+}
+
+/// Attach what the guest printed to the current (task) span's log.
+fn log_stdio(state: &TaskState, plugin: &str) {
+    for (stream, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
+        let (text, dropped) = pipe.contents();
+        if !text.is_empty() || dropped > 0 {
+            tracing::info!(plugin, stream, dropped_bytes = dropped, output = %text.trim_end(), "guest output");
         }
     }
 }
 
 fn classify_trap(e: &wasmtime::Error, state: &TaskState, limits: &Limits) -> Fault {
-    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
-        return Fault::Timeout {
-            limit_ms: limits.timeout.as_millis() as u64,
-        };
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
+            return Fault::Timeout {
+                limit_ms: limits.timeout.as_millis() as u64,
+            };
+        }
+        Some(wasmtime::Trap::OutOfFuel) => {
+            return Fault::FuelExhausted {
+                fuel: limits.fuel.unwrap_or(0),
+            };
+        }
+        _ => {}
     }
     if state.limiter.memory_exceeded || state.limiter.table_exceeded {
         return Fault::OutOfMemory {
             limit_mb: (limits.memory_bytes >> 20) as u64,
         };
     }
-    Fault::Trap(
-        format!("{e:#}")
-            .lines()
-            .next()
-            .unwrap_or("trap")
-            .to_string(),
-    )
+    let text = format!("{e:#}");
+    if text.contains("resource limit") || text.contains("pooling") {
+        // Pool slots exhausted or similar: the host's trouble, worth a retry.
+        return Fault::Host(text);
+    }
+    Fault::Trap(text.lines().next().unwrap_or("trap").to_string())
 }

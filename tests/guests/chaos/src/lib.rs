@@ -13,6 +13,7 @@
 //! | `fail-template` | returns a permanent `bad-template` error               |
 //! | `fail-until:N`  | `internal` error while option `attempt` < N, then `ok` |
 //! | `spin:N`        | busy-waits N milliseconds, then `ok`                   |
+//! | `fonts`         | reports the host's font index and loads one face       |
 //! | `probe`         | tries file, env, socket access; reports what worked    |
 use export_host_plugin_kit::*;
 use std::io::Write;
@@ -86,6 +87,14 @@ impl Plugin for Chaos {
                 } else {
                     ok(format!("ok after {attempt}").into_bytes())
                 }
+            }
+            "fonts" => {
+                use export_host_plugin_kit::bindings::export_host::plugin::fonts;
+                let faces = fonts::faces();
+                let first = faces.first().map(|f| f.family.clone()).unwrap_or_default();
+                let bytes = faces.first().and_then(|f| fonts::data(f.id)).map(|d| d.len()).unwrap_or(0);
+                let missing = fonts::data(u32::MAX).is_none();
+                ok(format!("faces={} first={first} bytes={bytes} unknown_is_none={missing}", faces.len()).into_bytes())
             }
             "probe" => {
                 let file = std::fs::read("/etc/passwd").is_ok() || std::fs::read_dir(".").is_ok();

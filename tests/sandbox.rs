@@ -1,0 +1,305 @@
+//! The plugin sandbox under attack: misbehaving guests are contained,
+//! classified and reported while other tasks keep succeeding; plugins are
+//! dropped in, replaced and removed without a restart.
+
+mod common;
+
+use common::{TestServer, component};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+async fn upload(s: &TestServer, id: &str, behaviour: &str) {
+    let (status, body) = s
+        .put_template(id, &format!("{id}.chaos"), behaviour.to_string())
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+fn millis_between(task: &Value, from: &str, to: &str) -> i64 {
+    let t = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(task[k].as_str().expect("timestamp")).expect("rfc3339")
+    };
+    (t(to) - t(from)).num_milliseconds()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misbehaving_guests_are_contained_and_classified() {
+    let s = TestServer::start(
+        &["text", "chaos"],
+        "limits:\n  timeout_ms: 1000\n  memory_mb: 64\n  output_mb: 1\n  stdio_kb: 4\nworker:\n  concurrency: 4\n",
+    )
+    .await;
+    for (id, behaviour) in [
+        ("spin", "loop"),
+        ("hog", "alloc"),
+        ("crash", "trap"),
+        ("large", "big:2000000"),
+        ("huge", "big:1000000000"),
+        ("chatty", "stdout:5000000"),
+        ("probe", "probe"),
+    ] {
+        upload(&s, id, behaviour).await;
+    }
+    s.put_template("letter", "letter.txt", "hello {{ name }}")
+        .await;
+
+    let mut faulty = Vec::new();
+    for id in ["spin", "hog", "crash", "large", "huge", "chatty", "probe"] {
+        faulty.push((id, s.submit(id, "chaos", json!({ "k": 1 })).await));
+    }
+    // While those run, ordinary tasks go through.
+    let fine: Vec<String> = {
+        let mut v = Vec::new();
+        for n in 0..5 {
+            v.push(s.submit("letter", "txt", json!({ "name": n })).await);
+        }
+        v
+    };
+    for id in &fine {
+        let t = s.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+    }
+
+    let mut outcome = std::collections::HashMap::new();
+    for (name, id) in &faulty {
+        outcome.insert(*name, s.wait_final(id, Duration::from_secs(30)).await);
+    }
+    let class = |name: &str| {
+        outcome[name]["error"]["class"]
+            .as_str()
+            .unwrap_or("-")
+            .to_string()
+    };
+    assert_eq!(class("spin"), "timeout", "{}", outcome["spin"]);
+    assert_eq!(class("hog"), "out_of_memory", "{}", outcome["hog"]);
+    assert_eq!(class("crash"), "trap", "{}", outcome["crash"]);
+    assert_eq!(class("large"), "output_too_large", "{}", outcome["large"]);
+    assert_eq!(
+        class("huge"),
+        "out_of_memory",
+        "a 1 GB document cannot even be built: {}",
+        outcome["huge"]
+    );
+    for name in ["spin", "hog", "crash", "large", "huge"] {
+        let t = &outcome[name];
+        assert_eq!(t["status"], "failed", "{t}");
+        assert_eq!(t["attempts"], 1, "limits and traps are permanent: {t}");
+        assert!(
+            !t["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{t}"
+        );
+    }
+    // The looping guest is stopped within timeout + 100 ms.
+    let spun = millis_between(&outcome["spin"], "started_at", "finished_at");
+    assert!((1000..1100).contains(&spun), "stopped after {spun} ms");
+    assert!(
+        outcome["large"]["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("1048576")
+    );
+
+    // Flooding stdout is not a failure; the log keeps a bounded part.
+    assert_eq!(
+        outcome["chatty"]["status"], "succeeded",
+        "{}",
+        outcome["chatty"]
+    );
+    let log = s.log();
+    assert!(
+        log.contains("guest output") && log.contains("dropped_bytes=4995904"),
+        "{log}"
+    );
+
+    // No ambient authority: no files, no environment, no sockets.
+    assert_eq!(outcome["probe"]["status"], "succeeded");
+    let probe = s.result(&faulty[6].1).await.text().await.expect("text");
+    assert_eq!(probe, "file=false env=false net=false");
+
+    let (status, _) = s.get_json("/health").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fuel_limit_per_plugin() {
+    let s = TestServer::start(
+        &["chaos"],
+        "plugins:\n  limits:\n    chaos:\n      fuel: 5000000\n",
+    )
+    .await;
+    upload(&s, "spin", "loop").await;
+    upload(&s, "fine", "ok").await;
+    let spin = s.submit("spin", "chaos", json!({})).await;
+    let fine = s.submit("fine", "chaos", json!({})).await;
+    let t = s.wait_final(&spin, Duration::from_secs(20)).await;
+    assert_eq!(t["error"]["class"], "fuel_exhausted", "{t}");
+    assert!(
+        millis_between(&t, "started_at", "finished_at") < 5000,
+        "fuel stops it long before the 30 s timeout"
+    );
+    assert_eq!(
+        s.wait_final(&fine, Duration::from_secs(20)).await["status"],
+        "succeeded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_world_and_wrong_version_are_refused_by_name() {
+    let s = TestServer::start(&["text", "wrong-world", "wrong-version"], "").await;
+    let (_, body) = s.get_json("/api/v1/plugins").await;
+    let plugins = body["data"]["plugins"].as_array().expect("plugins").clone();
+    let by_file = |f: &str| {
+        plugins
+            .iter()
+            .find(|p| p["file"] == f)
+            .cloned()
+            .unwrap_or_else(|| panic!("{f} missing: {body}"))
+    };
+    let v = by_file("wrong-version.wasm");
+    assert_eq!(v["status"], "rejected");
+    let msg = v["error"].as_str().expect("error");
+    assert!(msg.contains("@0.2.0") && msg.contains("@0.1.0"), "{msg}");
+    let w = by_file("wrong-world.wasm");
+    assert_eq!(w["status"], "rejected");
+    assert!(
+        w["error"].as_str().expect("error").contains("wrong world"),
+        "{w}"
+    );
+    assert_eq!(by_file("text.wasm")["status"], "loaded");
+    let (_, formats) = s.get_json("/api/v1/formats").await;
+    let names: Vec<&str> = formats["data"]["formats"]
+        .as_array()
+        .expect("formats")
+        .iter()
+        .map(|f| f["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["html", "md", "txt"]);
+}
+
+async fn format_names(s: &TestServer) -> Vec<String> {
+    let (_, formats) = s.get_json("/api/v1/formats").await;
+    formats["data"]["formats"]
+        .as_array()
+        .expect("formats")
+        .iter()
+        .map(|f| f["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+async fn wait_for(s: &TestServer, what: &str, cond: impl Fn(&[String]) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let names = format_names(s).await;
+        if cond(&names) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: formats are {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_are_dropped_in_replaced_and_removed_without_restart() {
+    let s = TestServer::start(&["text"], "").await;
+    let dir = s.dir.path().join("plugins");
+    let (status, _) = s.put_template("n", "n.noop", "x").await;
+    assert_eq!(status, 400, "no plugin renders .noop files yet");
+
+    // Drop in: available over HTTP within 2 s.
+    let tmp = dir.join("noop.wasm.part");
+    std::fs::copy(component("noop"), &tmp).expect("copy");
+    std::fs::rename(&tmp, dir.join("noop.wasm")).expect("rename");
+    let took = wait_for(&s, "noop never appeared", |n| n.iter().any(|f| f == "noop")).await;
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let (status, _) = s.put_template("n", "n.noop", "x").await;
+    assert_eq!(status, 201);
+    let id = s.submit("n", "noop", json!({})).await;
+    assert_eq!(
+        s.wait_final(&id, Duration::from_secs(10)).await["status"],
+        "succeeded"
+    );
+
+    // Replace with a broken file: the old version keeps serving.
+    std::fs::write(dir.join("noop.wasm"), b"\0asm garbage").expect("write");
+    let started = Instant::now();
+    loop {
+        let (_, body) = s.get_json("/api/v1/plugins").await;
+        let entry = body["data"]["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .find(|p| p["file"] == "noop.wasm")
+            .cloned();
+        if entry.as_ref().is_some_and(|e| e["status"] == "stale") {
+            assert!(
+                entry.expect("entry")["error"]
+                    .as_str()
+                    .expect("error")
+                    .contains("not a valid component")
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "broken replacement not noticed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = s.submit("n", "noop", json!({})).await;
+    assert_eq!(
+        s.wait_final(&id, Duration::from_secs(10)).await["status"],
+        "succeeded"
+    );
+
+    // Remove: the format is gone and submitting names what is available.
+    std::fs::remove_file(dir.join("noop.wasm")).expect("remove");
+    wait_for(&s, "noop never went away", |n| {
+        !n.iter().any(|f| f == "noop")
+    })
+    .await;
+    let (status, body) = s
+        .post_json(
+            "/api/v1/export",
+            &json!({ "template_id": "n", "output_format": "noop", "data": {} }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("msg")
+            .contains("available: html, md, txt"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fonts_are_shared_read_only_through_the_host_interface() {
+    let font = std::path::Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf");
+    assert!(
+        font.exists(),
+        "this test needs Debian's fonts-dejavu-core (apt-get install fonts-dejavu-core)"
+    );
+    let fonts = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(font, fonts.path().join("DejaVuSans.ttf")).expect("copy font");
+    let s = TestServer::start(
+        &["chaos"],
+        &format!("plugins:\n  font_dirs: [\"{}\"]\n", fonts.path().display()),
+    )
+    .await;
+    upload(&s, "fonts", "fonts").await;
+    let id = s.submit("fonts", "chaos", json!({})).await;
+    assert_eq!(
+        s.wait_final(&id, Duration::from_secs(20)).await["status"],
+        "succeeded"
+    );
+    let text = s.result(&id).await.text().await.expect("text");
+    let size = std::fs::metadata(font).expect("font").len();
+    assert_eq!(
+        text,
+        format!("faces=1 first=DejaVu Sans bytes={size} unknown_is_none=true")
+    );
+}
