@@ -464,6 +464,11 @@ async fn template_errors_name_the_part_and_the_tag() {
         ("unclosed_block", "{% if name %}", "unexpected end of input"),
         ("unclosed_tag", "{{ name", "unclosed tag"),
         ("unknown_tag", "{% frobnicate %}", "unknown statement"),
+        (
+            "cell_error",
+            "{% cellbg name|nosuchfilter %}",
+            "unknown filter",
+        ),
         ("level_mismatch", "{% endif %}", "same level"),
         ("malformed", "word/document.xml", "malformed XML"),
         ("undefined_entity", "word/document.xml", "undefined entity"),

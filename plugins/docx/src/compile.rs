@@ -155,7 +155,7 @@ impl Compiled {
         }
         let e = self.emitted[i - 1];
         if offset <= e.end {
-            Some(&self.tags[e.tag as usize])
+            Some(&self.tags[(e.tag & 0x7FFF_FFFF) as usize])
         } else {
             None
         }

@@ -300,10 +300,29 @@ impl<'a> Archive<'a> {
         Ok(out)
     }
 
-    /// Inflate at most `max` bytes from the start of entry `i`.
+    /// Inflate at most `max` bytes from the start of entry `i` (decoding
+    /// only that much, not a whole block or window).
     pub fn read_prefix(&self, i: usize, max: usize) -> Result<Vec<u8>, ZipError> {
+        use miniz_oxide::inflate::TINFLStatus;
+        use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
         let e = &self.entries[i];
-        self.inflate(i, max.min(e.usize as usize), false)
+        let want = max.min(e.usize as usize);
+        let raw = self.raw(i);
+        if e.method == 0 {
+            return Ok(raw[..want.min(raw.len())].to_vec());
+        }
+        let mut out = vec![0u8; want];
+        let mut d = Box::<DecompressorOxide>::default();
+        let flags = inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF
+            | inflate_flags::TINFL_FLAG_HAS_MORE_INPUT;
+        let (status, _, written) = decompress(&mut d, raw, &mut out, 0, flags);
+        match status {
+            TINFLStatus::Done | TINFLStatus::HasMoreOutput | TINFLStatus::NeedsMoreInput => {
+                out.truncate(written);
+                Ok(out)
+            }
+            _ => err(format!("corrupt ZIP entry {:?}: bad deflate data", e.name)),
+        }
     }
 
     fn inflate(&self, i: usize, want: usize, whole: bool) -> Result<Vec<u8>, ZipError> {

@@ -262,6 +262,10 @@ def bad(d):
     simple(os.path.join(d, "unclosed_block.docx"), ["{% if name %}", "never closed"])
     simple(os.path.join(d, "unclosed_tag.docx"), ["Hello {{ name"])
     simple(os.path.join(d, "unknown_tag.docx"), ["{% frobnicate %}"])
+    doc = Document()
+    t = doc.add_table(rows=1, cols=1)
+    t.cell(0, 0).text = "{% cellbg name|nosuchfilter %}{{ name }}"
+    save(doc, os.path.join(d, "cell_error.docx"))
     simple(os.path.join(d, "level_mismatch.docx"), ["{%p if name %}", "text", "{% endif %}"])
     simple(
         os.path.join(d, "injection.docx"),
