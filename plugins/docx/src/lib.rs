@@ -480,9 +480,20 @@ fn context_at(src: &[u8], offset: usize) -> String {
     format!("byte {offset}, near {s:?}")
 }
 
+/// A tag for a message: long ones are cut in the middle.
+fn shorten(tag: &str) -> String {
+    const MAX: usize = 160;
+    if tag.chars().count() <= MAX {
+        return tag.to_string();
+    }
+    let head: String = tag.chars().take(MAX - 40).collect();
+    let tail: String = tag.chars().skip(tag.chars().count() - 30).collect();
+    format!("{head} … {tail}")
+}
+
 fn compile_error(e: compile::CompileError, part: &str) -> RenderError {
     let at = match &e.tag {
-        Some(t) => format!("{part}: {t}"),
+        Some(t) => format!("{part}: {}", shorten(t)),
         None => part.to_string(),
     };
     RenderError::BadTemplate(ErrorInfo::new(e.message).at(at))
@@ -497,7 +508,7 @@ fn engine_error(
 ) -> RenderError {
     let tag = e.range().and_then(|r| c.tag_at(r.start));
     let at = match tag {
-        Some(t) => format!("{part}: {}", t.text),
+        Some(t) => format!("{part}: {}", shorten(&t.text)),
         None => part.to_string(),
     };
     let data_error = shared
@@ -523,6 +534,7 @@ fn engine_error(
     }
 }
 
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct Docx;
 
 impl Plugin for Docx {
