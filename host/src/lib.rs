@@ -19,6 +19,8 @@
 //! * [`store`] — task records, result files and template bundles.
 //! * [`db`] — SQLite with a group-committing writer thread (shared by the
 //!   embedded queue and the task store).
+//! * [`telemetry`] — Prometheus metrics and the sliding window behind
+//!   `/api/v1/queue/metrics`.
 //! * [`server`] — wires everything for `export-host serve`.
 //! * [`shutdown`] — the one shutdown signal.
 
@@ -35,4 +37,5 @@ pub mod queue;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod telemetry;
 pub mod worker;

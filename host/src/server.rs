@@ -12,6 +12,7 @@ use crate::queue::embedded::EmbeddedQueue;
 use crate::shutdown::Shutdown;
 use crate::store::TaskStore;
 use crate::store::templates::TemplateStore;
+use crate::telemetry::Telemetry;
 use crate::worker::Worker;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,14 +90,15 @@ impl Server {
             ),
             Backend::Rocketmq => return Err(ServeError::Backend("rocketmq")),
         };
-        let worker = Arc::new(Worker {
+        let telemetry = Arc::new(Telemetry::new(std::time::Duration::from_secs(300)));
+        let worker: Arc<dyn crate::queue::TaskHandler> = Arc::new(Worker {
             store: store.clone(),
             templates: templates.clone(),
             plugins: plugins.clone(),
+            telemetry: telemetry.clone(),
         });
-        queue
-            .start_consuming(worker, config.worker_concurrency())
-            .await?;
+        let concurrency = config.worker_concurrency();
+        queue.start_consuming(worker.clone(), concurrency).await?;
 
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await
@@ -111,6 +113,9 @@ impl Server {
             templates,
             queue: queue.clone(),
             plugins,
+            telemetry,
+            handler: worker,
+            concurrency,
         };
         let app = api::router(state.clone());
         let task = tokio::spawn(async move {

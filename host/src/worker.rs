@@ -5,17 +5,20 @@
 
 use async_trait::async_trait;
 use std::sync::Arc;
+use std::time::Instant;
 use tracing::Instrument;
 
-use crate::plugin::{Fault, PluginHost, Retry};
+use crate::plugin::{Fault, PluginHost, Rendered, Retry};
 use crate::queue::{Delivery, Disposition, TaskHandler};
 use crate::store::templates::{TemplateError, TemplateStore};
 use crate::store::{TaskError, TaskStatus, TaskStore};
+use crate::telemetry::Telemetry;
 
 pub struct Worker {
     pub store: TaskStore,
     pub templates: TemplateStore,
     pub plugins: Arc<PluginHost>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 #[async_trait]
@@ -58,10 +61,16 @@ impl Worker {
                 };
             }
         }
-        let started = std::time::Instant::now();
+        let plugin = self
+            .plugins
+            .format(&m.output_format)
+            .map(|f| f.plugin)
+            .unwrap_or_else(|| "-".into());
+        let started = Instant::now();
         let outcome = self.render(d).await;
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        match outcome {
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        let (status, disposition) = match outcome {
             Ok(doc) => {
                 let size = doc.bytes.len();
                 match self
@@ -77,18 +86,33 @@ impl Worker {
                 {
                     Ok(()) => {
                         tracing::info!(elapsed_ms, size, "task succeeded");
-                        Disposition::Ack
+                        ("succeeded", Disposition::Ack)
                     }
-                    Err(e) => Disposition::Retry {
-                        reason: format!("storing the result: {e}"),
-                    },
+                    Err(e) => (
+                        "retry",
+                        Disposition::Retry {
+                            reason: format!("storing the result: {e}"),
+                        },
+                    ),
                 }
             }
-            Err(fault) => self.fail(d, fault, elapsed_ms).await,
-        }
+            Err(fault) => {
+                self.telemetry.fault(fault.class(), &plugin);
+                self.fail(d, fault, elapsed_ms).await
+            }
+        };
+        self.telemetry.delivered(
+            status,
+            &m.output_format,
+            m.tenant.as_str(),
+            &plugin,
+            m.created_at,
+            elapsed,
+        );
+        disposition
     }
 
-    async fn render(&self, d: &Delivery) -> Result<crate::plugin::Rendered, Fault> {
+    async fn render(&self, d: &Delivery) -> Result<Rendered, Fault> {
         let m = &d.message;
         let format = self
             .plugins
@@ -130,7 +154,14 @@ impl Worker {
         .map_err(|e| Fault::Host(format!("render thread: {e}")))?
     }
 
-    async fn fail(&self, d: &Delivery, fault: Fault, elapsed_ms: f64) -> Disposition {
+    /// Record a failed render; returns the status for metrics and what the
+    /// queue should do.
+    async fn fail(
+        &self,
+        d: &Delivery,
+        fault: Fault,
+        elapsed_ms: f64,
+    ) -> (&'static str, Disposition) {
         let reason = fault.to_string();
         let (status, disposition) = match fault.retry() {
             Retry::Permanent => (TaskStatus::Failed, Disposition::Ack),
@@ -154,10 +185,14 @@ impl Worker {
             retryable: status == TaskStatus::Queued,
         };
         match self.store.fail(&d.message.task_id, status, error).await {
-            Ok(()) => disposition,
-            Err(e) => Disposition::Retry {
-                reason: format!("recording the failure: {e}"),
-            },
+            Ok(()) if status == TaskStatus::Queued => ("retry", disposition),
+            Ok(()) => (status.as_str(), disposition),
+            Err(e) => (
+                "retry",
+                Disposition::Retry {
+                    reason: format!("recording the failure: {e}"),
+                },
+            ),
         }
     }
 }

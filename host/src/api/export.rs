@@ -186,11 +186,14 @@ async fn accept(
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id.clone()).collect();
     app.store.insert(tasks).await?;
     if let Err(e) = app.queue.publish(messages).await {
+        app.telemetry.send_failed(ids.len());
         // Not accepted: forget the records so no task waits forever.
         if let Err(cleanup) = app.store.remove(ids.clone()).await {
             tracing::error!(error = %cleanup, "cannot remove records of tasks the queue refused");
         }
         return Err(e.into());
     }
+    app.telemetry
+        .submitted(ids.len(), &format.name, tenant.as_str());
     Ok(ids)
 }

@@ -18,9 +18,10 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::plugin::PluginHost;
-use crate::queue::TaskQueue;
+use crate::queue::{TaskHandler, TaskQueue};
 use crate::store::TaskStore;
 use crate::store::templates::TemplateStore;
+use crate::telemetry::Telemetry;
 use error::{ApiError, ok};
 
 #[derive(Clone)]
@@ -30,6 +31,10 @@ pub struct AppState {
     pub templates: TemplateStore,
     pub queue: Arc<dyn TaskQueue>,
     pub plugins: Arc<PluginHost>,
+    pub telemetry: Arc<Telemetry>,
+    /// The consumer's handler, for `POST /api/v1/queue/consumer/restart`.
+    pub handler: Arc<dyn TaskHandler>,
+    pub concurrency: usize,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -56,7 +61,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/plugins", get(plugins))
         .route("/api/v1/queue/status", get(queue::status))
         .route("/api/v1/queue/health", get(queue::health))
+        .route("/api/v1/queue/metrics", get(queue::metrics))
+        .route("/api/v1/queue/consumer/lag", get(queue::consumer_lag))
+        .route(
+            "/api/v1/queue/consumer/restart",
+            post(queue::restart_consumer),
+        )
+        .route(
+            "/api/v1/queue/producer/restart",
+            post(queue::restart_producer),
+        )
+        .route("/metrics", get(queue::prometheus))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
@@ -83,6 +100,17 @@ async fn plugins(State(app): State<AppState>) -> Response {
 
 async fn health() -> Response {
     ok(StatusCode::OK, json!({ "status": "ok" }), "alive")
+}
+
+/// Readiness: at least one plugin loaded and the consumer running.
+async fn ready(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let formats = app.plugins.formats().len();
+    let consuming = app.queue.is_consuming();
+    let data = json!({ "formats": formats, "consumer_consuming": consuming });
+    if formats == 0 || !consuming {
+        return Err(ApiError::unavailable("not ready").with_data(data));
+    }
+    Ok(ok(StatusCode::OK, data, "ready"))
 }
 
 async fn not_found() -> ApiError {

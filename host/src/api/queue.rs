@@ -2,7 +2,8 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
@@ -51,4 +52,65 @@ pub async fn health(State(app): State<AppState>) -> Result<Response, ApiError> {
         return Err(ApiError::unavailable("queue is unhealthy").with_data(data));
     }
     Ok(ok(StatusCode::OK, data, "health check done"))
+}
+
+/// Throughput, latency and error rates over the sliding window.
+pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let report = app.telemetry.window();
+    Ok(ok(StatusCode::OK, report, "queue metrics"))
+}
+
+/// Unconsumed messages per queue id, from the backend's own state.
+pub async fn consumer_lag(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let stats = app.queue.stats().await?;
+    let data = json!({
+        "consumer_group": app.config.rocketmq.consumer_group,
+        "topic": app.config.rocketmq.topic,
+        "consumer_lag": stats.lag_by_queue,
+        "total_lag": stats.total_lag(),
+    });
+    Ok(ok(StatusCode::OK, data, "consumer lag"))
+}
+
+/// Stop the consumer (deliveries in flight finish) and start a new one.
+pub async fn restart_consumer(State(app): State<AppState>) -> Result<Response, ApiError> {
+    app.queue.stop_consuming().await;
+    app.queue
+        .start_consuming(app.handler.clone(), app.concurrency)
+        .await?;
+    tracing::info!("consumer restarted");
+    Ok(ok(
+        StatusCode::OK,
+        json!({ "consumer_consuming": app.queue.is_consuming() }),
+        "consumer restarted",
+    ))
+}
+
+pub async fn restart_producer(State(app): State<AppState>) -> Result<Response, ApiError> {
+    app.queue.restart_producer().await?;
+    tracing::info!("producer restarted");
+    Ok(ok(
+        StatusCode::OK,
+        json!({ "producer_started": true }),
+        "producer restarted",
+    ))
+}
+
+/// Prometheus text format; queue gauges are refreshed first.
+pub async fn prometheus(State(app): State<AppState>) -> Response {
+    match app.queue.stats().await {
+        Ok(stats) => app.telemetry.queue_gauges(&stats, true),
+        Err(e) => {
+            tracing::warn!(error = %e, "queue stats unavailable for /metrics");
+            app.telemetry.queue_gauges(&Default::default(), false);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.telemetry.render_prometheus(),
+    )
+        .into_response()
 }

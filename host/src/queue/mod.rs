@@ -160,4 +160,9 @@ pub trait TaskQueue: Send + Sync + 'static {
 
     /// Messages in the dead-letter queue, oldest first.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// Reconnect the producer. The embedded queue has no connection.
+    async fn restart_producer(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
