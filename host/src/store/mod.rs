@@ -140,6 +140,10 @@ fn from_ms(v: Option<i64>) -> Option<DateTime<Utc>> {
 pub struct TaskStore {
     db: Db,
     results: PathBuf,
+    /// fsync result files before recording success (`sync: full`); with
+    /// `normal` a killed process still loses nothing (the page cache
+    /// survives it), only a power loss could.
+    fsync: bool,
 }
 
 impl TaskStore {
@@ -152,6 +156,7 @@ impl TaskStore {
         Ok(TaskStore {
             db: Db::open(&data_dir.join("tasks.db"), sync, SCHEMA)?,
             results,
+            fsync: sync == SyncMode::Full,
         })
     }
 
@@ -224,7 +229,8 @@ impl TaskStore {
         let path = self.result_path(tenant, id, &extension);
         let size = bytes.len() as u64;
         let write_path = path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&write_path, &bytes))
+        let fsync = self.fsync;
+        tokio::task::spawn_blocking(move || write_file(&write_path, &bytes, fsync))
             .await
             .map_err(|e| StoreError::Io {
                 path: path.clone(),
@@ -347,13 +353,20 @@ impl TaskStore {
 
 /// Write to a temporary file, fsync, rename over `path`.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file(path, bytes, true)
+}
+
+/// Write to a temporary file, optionally fsync, rename over `path`.
+fn write_file(path: &Path, bytes: &[u8], fsync: bool) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if fsync {
+        f.sync_all()?;
+    }
     drop(f);
     std::fs::rename(&tmp, path)
 }

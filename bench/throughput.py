@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""End-to-end no-op throughput on the embedded (durable) queue.
+
+Starts `export-host serve` with the noop test guest, submits N tasks in
+batches of 1000 over HTTP, and measures: submit rate, time to drain the
+queue (every task succeeded), tasks/s end to end, and the server's RSS.
+Usage: throughput.py EXPORT_HOST NOOP_WASM N [sync] [worker concurrency, 0 = CPUs]
+Prints one JSON object."""
+import json, os, subprocess, sys, tempfile, time, urllib.request
+
+exe, noop, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sync = sys.argv[4] if len(sys.argv) > 4 else "full"
+concurrency = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+work = tempfile.mkdtemp()
+os.makedirs(f"{work}/plugins")
+subprocess.run(["cp", noop, f"{work}/plugins/noop.wasm"], check=True)
+with open(f"{work}/config.yaml", "w") as f:
+    f.write(f'server:\n  listen: "127.0.0.1:0"\nstorage:\n  data_dir: "{work}/data"\n'
+            f'plugins:\n  dir: "{work}/plugins"\n  watch: false\n  font_dirs: []\n'
+            f'queue:\n  embedded:\n    sync: {sync}\nworker:\n  concurrency: {concurrency}\n')
+srv = subprocess.Popen([exe, "serve", "--config", f"{work}/config.yaml"], stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}, text=True)
+base = srv.stdout.readline().strip().rsplit(" ", 1)[-1]
+
+def call(method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read())
+
+def rss_mb():
+    with open(f"/proc/{srv.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+
+try:
+    req = urllib.request.Request(base + "/api/v1/templates/t/t.noop", data=b"x", method="PUT")
+    urllib.request.urlopen(req).read()
+    idle_rss = rss_mb()
+    start = time.perf_counter()
+    batch_ms = []
+    for i in range(0, n, 1000):
+        t = time.perf_counter()
+        call("POST", "/api/v1/export/batch", {"template_id": "t", "output_format": "noop",
+                                               "data_list": [{"i": j} for j in range(i, min(n, i + 1000))]})
+        batch_ms.append((time.perf_counter() - t) * 1000)
+    submitted = time.perf_counter()
+    peak = rss_mb()
+    while True:
+        d = call("GET", "/api/v1/queue/status")["data"]["metrics"]
+        peak = max(peak, rss_mb())
+        if d["total_lag"] == 0:
+            break
+        time.sleep(0.02)
+    done = time.perf_counter()
+    m = call("GET", "/api/v1/queue/metrics")["data"]
+    batch_ms.sort()
+    print(json.dumps({
+        "tasks": n, "sync": sync, "concurrency": concurrency,
+        "submit_tasks_per_s": round(n / (submitted - start)),
+        "submit_batch1000_p50_ms": round(batch_ms[len(batch_ms) // 2], 1),
+        "drain_s": round(done - start, 2),
+        "e2e_tasks_per_s": round(n / (done - start)),
+        "latency_p50_like_avg_ms": m["latency"]["average_ms"], "latency_p99_ms": m["latency"]["p99_ms"],
+        "consumed": m["counts"]["consumed"], "errors": m["counts"]["consume_errors"],
+        "rss_idle_mb": round(idle_rss, 1), "rss_peak_mb": round(peak, 1),
+    }))
+finally:
+    srv.terminate()
+    srv.wait()
