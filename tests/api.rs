@@ -50,16 +50,7 @@ async fn batch_of_100_each_with_its_own_data() {
     let s = TestServer::start(&["text"], "").await;
     s.put_template("n", "n.txt", "n={{ n }}").await;
     let data: Vec<_> = (0..100).map(|n| json!({ "n": n })).collect();
-    let (status, body) = s
-        .post_json("/api/v1/export/batch", &json!({ "template_id": "n", "output_format": "txt", "data_list": data, "priority": 3 }))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let ids: Vec<String> = body["data"]["task_ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|v| v.as_str().expect("id").to_string())
-        .collect();
+    let ids = s.submit_batch("n", "txt", data, Some(3)).await;
     assert_eq!(ids.len(), 100);
     for (n, id) in ids.iter().enumerate() {
         let task = s.wait_final(id, Duration::from_secs(60)).await;
@@ -300,19 +291,7 @@ async fn kill_9_with_tasks_queued_then_every_task_completes() {
     let mut s = TestServer::start(&["chaos"], "worker:\n  concurrency: 1\n").await;
     s.put_template("slow", "slow.chaos", "spin:40").await;
     let data: Vec<_> = (0..40).map(|n| json!({ "n": n })).collect();
-    let (status, body) = s
-        .post_json(
-            "/api/v1/export/batch",
-            &json!({ "template_id": "slow", "output_format": "chaos", "data_list": data }),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let ids: Vec<String> = body["data"]["task_ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|v| v.as_str().expect("id").to_string())
-        .collect();
+    let ids = s.submit_batch("slow", "chaos", data, None).await;
 
     // Let a few finish, then kill the process mid-flight.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -107,28 +107,9 @@ async fn counts_and_error_rates_match_a_known_load() {
     let s = TestServer::start(&["chaos"], "worker:\n  concurrency: 4\n").await;
     s.put_template("good", "good.chaos", "ok").await;
     s.put_template("bad", "bad.chaos", "fail-template").await;
-    let submit = |id: &'static str, n: usize| {
-        let data: Vec<_> = (0..n).map(|i| json!({ "i": i })).collect();
-        json!({ "template_id": id, "output_format": "chaos", "data_list": data })
-    };
-    let (st, good) = s
-        .post_json("/api/v1/export/batch", &submit("good", 180))
-        .await;
-    assert_eq!(st, 202);
-    let (st, bad) = s
-        .post_json("/api/v1/export/batch", &submit("bad", 20))
-        .await;
-    assert_eq!(st, 202);
-    let ids: Vec<String> = [&good, &bad]
-        .iter()
-        .flat_map(|b| {
-            b["data"]["task_ids"]
-                .as_array()
-                .expect("ids")
-                .iter()
-                .map(|v| v.as_str().expect("id").to_string())
-        })
-        .collect();
+    let data = |n: usize| (0..n).map(|i| json!({ "i": i })).collect::<Vec<_>>();
+    let mut ids = s.submit_batch("good", "chaos", data(180), None).await;
+    ids.extend(s.submit_batch("bad", "chaos", data(20), None).await);
     for id in &ids {
         s.wait_final(id, Duration::from_secs(60)).await;
     }
@@ -199,18 +180,7 @@ async fn restarting_the_consumer_and_producer_loses_nothing() {
     let s = TestServer::start(&["chaos"], "worker:\n  concurrency: 1\n").await;
     s.put_template("slow", "slow.chaos", "spin:20").await;
     let data: Vec<_> = (0..20).map(|i| json!({ "i": i })).collect();
-    let (_, body) = s
-        .post_json(
-            "/api/v1/export/batch",
-            &json!({ "template_id": "slow", "output_format": "chaos", "data_list": data }),
-        )
-        .await;
-    let ids: Vec<String> = body["data"]["task_ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|v| v.as_str().expect("id").to_string())
-        .collect();
+    let ids = s.submit_batch("slow", "chaos", data, None).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, body) = s
         .post_json("/api/v1/queue/consumer/restart", &json!({}))

@@ -213,6 +213,29 @@ impl TestServer {
             .to_string()
     }
 
+    /// Submit a batch; returns the task ids (panics unless accepted).
+    pub async fn submit_batch(
+        &self,
+        template_id: &str,
+        format: &str,
+        data_list: Vec<Value>,
+        priority: Option<i32>,
+    ) -> Vec<String> {
+        let mut body =
+            json!({ "template_id": template_id, "output_format": format, "data_list": data_list });
+        if let Some(p) = priority {
+            body["priority"] = json!(p);
+        }
+        let (status, body) = self.post_json("/api/v1/export/batch", &body).await;
+        assert_eq!(status, 202, "batch refused: {body}");
+        body["data"]["task_ids"]
+            .as_array()
+            .expect("task_ids")
+            .iter()
+            .map(|v| v.as_str().expect("id").to_string())
+            .collect()
+    }
+
     /// Poll until the task is in a final state; returns its status document.
     pub async fn wait_final(&self, task_id: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
