@@ -1,7 +1,16 @@
 //! ONE conformance suite for every `TaskQueue` backend. Each backend gets a
 //! factory that makes a fresh, empty queue with `max_attempts = 3`; every
 //! check below runs against each factory.
+//!
+//! The RocketMQ factory runs the suite against a real name server + broker
+//! (`common/broker.rs`, one for the whole binary), with a fresh topic and
+//! consumer group per queue.
 
+// rocketmq-rust's futures nest deeper than the default limit.
+#![recursion_limit = "256"]
+
+#[path = "common/broker.rs"]
+mod broker;
 mod common;
 
 use async_trait::async_trait;
@@ -268,6 +277,30 @@ async fn embedded() -> Arc<dyn TaskQueue> {
 }
 
 conformance!(embedded_backend, embedded());
+
+async fn rocketmq() -> Arc<dyn TaskQueue> {
+    use export_host::config::RocketMqConfig;
+    use export_host::queue::rocketmq::RocketMqQueue;
+    let broker = tokio::task::spawn_blocking(broker::Broker::shared)
+        .await
+        .expect("broker");
+    let config = RocketMqConfig {
+        enabled: true,
+        name_server: broker.name_server.clone(),
+        topic: broker::unique("conformance"),
+        consumer_group: broker::unique("conformance_consumer"),
+        producer_group: broker::unique("conformance_producer"),
+        max_reconsume_times: MAX_ATTEMPTS - 1,
+        ..Default::default()
+    };
+    Arc::new(
+        Box::pin(RocketMqQueue::connect(config))
+            .await
+            .expect("connect to the test broker"),
+    )
+}
+
+conformance!(rocketmq_backend, rocketmq());
 
 /// Embedded only: what was published survives closing and reopening the file.
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@ use crate::config::{Backend, Config};
 use crate::plugin::{Limits, PluginHost, SandboxConfig};
 use crate::queue::TaskQueue;
 use crate::queue::embedded::EmbeddedQueue;
+use crate::queue::rocketmq::RocketMqQueue;
 use crate::shutdown::Shutdown;
 use crate::store::TaskStore;
 use crate::store::templates::TemplateStore;
@@ -88,7 +89,11 @@ impl Server {
                 )
                 .await?,
             ),
-            Backend::Rocketmq => return Err(ServeError::Backend("rocketmq")),
+            Backend::Rocketmq => {
+                // Boxed: the client's futures are too deeply nested to be
+                // inlined into every caller's future.
+                Arc::new(Box::pin(RocketMqQueue::connect(config.rocketmq.clone())).await?)
+            }
         };
         let telemetry = Arc::new(Telemetry::new(std::time::Duration::from_secs(300)));
         let worker: Arc<dyn crate::queue::TaskHandler> = Arc::new(Worker {

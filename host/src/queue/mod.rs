@@ -1,7 +1,8 @@
 //! The task queue: one trait, two backends.
 //!
 //! * [`embedded`] — a durable queue in SQLite, the default; no broker needed.
-//! * `rocketmq` — Apache RocketMQ (producer + push consumer).
+//! * [`rocketmq`] — Apache RocketMQ (producer + push consumer per priority
+//!   lane, dead letters in `%DLQ%<consumer_group>`).
 //!
 //! The queue moves [`TaskMessage`]s and knows nothing about rendering: a
 //! consumer is started with a [`TaskHandler`], and the handler's
@@ -9,6 +10,7 @@
 //! re-delivered later, or dead-lettered).
 
 pub mod embedded;
+pub mod rocketmq;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

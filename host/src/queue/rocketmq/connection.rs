@@ -1,0 +1,648 @@
+//! Connection management (design document §2.2.1 `RocketMQConnection`):
+//! `connect`, `disconnect`, `is_connected`, `connection_info`.
+//!
+//! A connection is one RocketMQ client identity (an instance name unique to
+//! this process and queue) plus an admin client (`DefaultMQAdminExt`) used
+//! for the name server probe, topic / subscription group creation and the
+//! broker-side statistics the monitor reads. Producer, consumers and the
+//! dead-letter reader of the same queue share its [`ClientConfig`], so they
+//! share one `MQClientInstance` (one set of sockets and heartbeats).
+//!
+//! The RocketMQ client runs on its own Tokio runtime, owned by a
+//! process-wide [`ClientEnv`] that is created on first use and never torn
+//! down; every lifecycle call is executed there (see [`ClientEnv::run`]) so
+//! background tasks the client spawns never land on a caller's runtime that
+//! may be shorter-lived (a test's, for instance).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use cheetah_string::CheetahString;
+use rocketmq_client_rust::{
+    AclClientRPCHook, ClientConfig, ClientRpcHook, ClientRuntime, ClientRuntimeConfig,
+    ConsumerAdmin, DefaultMQAdminExt, RouteAdmin, SessionCredentials, TelemetryHandle, TopicAdmin,
+};
+use rocketmq_model::common::config::TopicConfig;
+use rocketmq_protocol::protocol::namespace_util::NamespaceUtil;
+use rocketmq_protocol::protocol::subscription::subscription_group_config::SubscriptionGroupConfig;
+use rocketmq_runtime::task_group::TaskKind;
+use rocketmq_runtime::{BlockingLanePolicies, BlockingPoolPolicy, RuntimeConfig, RuntimeOwner};
+use serde::Serialize;
+
+use crate::config::RocketMqConfig;
+use crate::queue::QueueError;
+
+/// Queues per task topic (read = write), as in the design document's
+/// monitoring example (`active_queues: 4`).
+pub const QUEUES_PER_TOPIC: u32 = 4;
+/// `PermName.PERM_READ | PermName.PERM_WRITE`.
+const PERM_READ_WRITE: u32 = 6;
+/// The master broker id in a route.
+const MASTER_ID: u64 = 0;
+/// How often the background probe checks the name server.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The process-wide runtime the RocketMQ client runs on.
+pub struct ClientEnv {
+    _owner: RuntimeOwner,
+    handle: tokio::runtime::Handle,
+    client_runtime: Arc<ClientRuntime>,
+}
+
+static ENV: LazyLock<Result<ClientEnv, String>> = LazyLock::new(ClientEnv::create);
+
+impl ClientEnv {
+    pub fn get() -> Result<&'static ClientEnv, QueueError> {
+        ENV.as_ref()
+            .map_err(|e| QueueError::Unavailable(format!("RocketMQ client runtime: {e}")))
+    }
+
+    fn create() -> Result<ClientEnv, String> {
+        let parallelism = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let mut config = RuntimeConfig::for_parallelism("rocketmq-client", parallelism)
+            .with_max_blocking_threads(512)
+            .map_err(|e| e.to_string())?;
+        // The push consumer runs each listener call on the metadata-io
+        // blocking lane, and a listener call lasts as long as the task it
+        // renders (up to `consume_timeout` minutes): the lane must neither
+        // queue nor time those calls out, or RocketMQ would treat a running
+        // task as failed and deliver it again.
+        let long = Duration::from_secs(24 * 3600);
+        let lane = BlockingPoolPolicy {
+            name: "rocketmq-client".into(),
+            max_concurrency: 256,
+            max_queue_depth: 4096,
+            queue_timeout: long,
+            task_timeout: long,
+            warn_after: long,
+        };
+        config.blocking_lane_policies = BlockingLanePolicies::uniform(lane);
+        let owner = RuntimeOwner::plan(config)
+            .map_err(|e| e.to_string())?
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        owner
+            .root_context()
+            .component("export-host")
+            .spawn("export-host-handle", TaskKind::Worker, async move {
+                let _ = tx.send(tokio::runtime::Handle::current());
+            })
+            .map_err(|e| e.to_string())?;
+        let handle = rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|e| format!("runtime did not start: {e}"))?;
+        let client_runtime = ClientRuntime::try_new(
+            owner.root_context().component("client"),
+            ClientRuntimeConfig::default(),
+            TelemetryHandle::noop(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(ClientEnv {
+            _owner: owner,
+            handle,
+            client_runtime,
+        })
+    }
+
+    /// Run `fut` in the background on the client's runtime.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handle.spawn(fut));
+    }
+
+    pub fn client_runtime(&self) -> Arc<ClientRuntime> {
+        self.client_runtime.clone()
+    }
+
+    /// Run `fut` on the client's runtime; the returned future waits for it.
+    ///
+    /// `fut` is spawned at once, so the caller's future holds only a join
+    /// handle, never the (deeply nested) client future itself.
+    pub fn run<F, T>(
+        &self,
+        fut: F,
+    ) -> impl Future<Output = Result<T, QueueError>> + Send + use<F, T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let handle = self.handle.spawn(fut);
+        async move {
+            handle
+                .await
+                .map_err(|e| QueueError::Unavailable(format!("RocketMQ client task: {e}")))
+        }
+    }
+}
+
+/// Every name the queue uses on the broker, with the configured namespace
+/// applied the way the RocketMQ client applies it (`namespace%resource`).
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// Normal lane: priorities below [`super::HIGH_PRIORITY_MIN`].
+    pub topic: String,
+    pub group: String,
+    /// High-priority lane: its own topic and consumer group.
+    pub high_topic: String,
+    pub high_group: String,
+    /// `%DLQ%<consumer_group>`: where dead tasks end.
+    pub dlq: String,
+    /// The broker's own dead-letter topic of the high lane's group, read as
+    /// well (used only if publishing to `dlq` failed).
+    pub high_dlq: String,
+    pub producer_group: String,
+    /// Group of the pull consumer that reads dead letters back.
+    pub reader_group: String,
+}
+
+impl Names {
+    pub fn new(cfg: &RocketMqConfig) -> Names {
+        let ns = cfg.namespace.clone().unwrap_or_default();
+        let wrap = |s: String| NamespaceUtil::wrap_namespace(ns.as_str(), s).to_string();
+        let group = cfg.consumer_group.clone();
+        let high_group = format!("{group}_HIGH");
+        Names {
+            topic: wrap(cfg.topic.clone()),
+            group: wrap(group.clone()),
+            high_topic: wrap(format!("{}_HIGH", cfg.topic)),
+            high_group: wrap(high_group.clone()),
+            dlq: wrap(format!("%DLQ%{group}")),
+            high_dlq: wrap(format!("%DLQ%{high_group}")),
+            producer_group: wrap(cfg.producer_group.clone()),
+            reader_group: wrap(format!("{group}_DLQ_READER")),
+        }
+    }
+
+    pub fn retry_topic(group: &str) -> String {
+        // `%RETRY%` goes in front of an already namespaced group.
+        format!("%RETRY%{group}")
+    }
+}
+
+/// What `GET /queue/status` shows under `connection`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    pub name_server: String,
+    pub connected: bool,
+    pub namespace: Option<String>,
+    pub instance_name: String,
+    /// Broker name → master address, as the name server reported them.
+    pub brokers: BTreeMap<String, String>,
+    pub last_error: Option<String>,
+}
+
+struct State {
+    brokers: BTreeMap<String, String>,
+    last_error: Option<String>,
+}
+
+pub struct RocketMqConnection {
+    pub config: RocketMqConfig,
+    pub names: Names,
+    /// Replaced by [`Self::renew`] (a new instance name).
+    client_config: std::sync::RwLock<ClientConfig>,
+    rpc_hook: Option<Arc<ClientRpcHook>>,
+    /// Notified when the probe sees RocketMQ reachable again after an outage.
+    pub recovered: Arc<tokio::sync::Notify>,
+    admin: Arc<tokio::sync::Mutex<Option<DefaultMQAdminExt>>>,
+    connected: Arc<AtomicBool>,
+    state: Arc<Mutex<State>>,
+    probe_stop: Arc<AtomicBool>,
+}
+
+static INSTANCE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn instance_name() -> String {
+    format!(
+        "export-host-{}-{}",
+        std::process::id(),
+        INSTANCE_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl RocketMqConnection {
+    pub fn new(config: RocketMqConfig) -> RocketMqConnection {
+        let instance_name = instance_name();
+        let mut client_config = ClientConfig::new();
+        client_config.set_namesrv_addr(config.name_server.clone().into());
+        client_config.set_instance_name(instance_name.into());
+        if let Some(ns) = config.namespace.as_ref().filter(|n| !n.is_empty()) {
+            client_config.set_namespace(ns.clone().into());
+        }
+        client_config.set_mq_client_api_timeout(config.send_timeout.max(1000));
+        let rpc_hook: Option<Arc<ClientRpcHook>> = match (&config.access_key, &config.secret_key) {
+            (Some(ak), Some(sk)) => {
+                let credentials = match &config.security_token {
+                    Some(token) => {
+                        SessionCredentials::with_token(ak.clone(), sk.clone(), token.clone())
+                    }
+                    None => SessionCredentials::with_keys(ak.clone(), sk.clone()),
+                };
+                Some(Arc::new(AclClientRPCHook::new(credentials)))
+            }
+            _ => None,
+        };
+        RocketMqConnection {
+            names: Names::new(&config),
+            config,
+            client_config: std::sync::RwLock::new(client_config),
+            rpc_hook,
+            recovered: Arc::new(tokio::sync::Notify::new()),
+            admin: Arc::default(),
+            connected: Arc::new(AtomicBool::new(false)),
+            state: Arc::new(Mutex::new(State {
+                brokers: BTreeMap::new(),
+                last_error: None,
+            })),
+            probe_stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The client config every producer / consumer of this queue uses.
+    pub fn client_config(&self) -> ClientConfig {
+        self.client_config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Take a new client identity (instance name) and a new admin client.
+    ///
+    /// rocketmq-rust's transport keeps a circuit breaker per broker address
+    /// in each client instance; an outage trips it, and it then refuses to
+    /// connect for 30 s even once the broker is back. Clients started after
+    /// `renew` belong to a new instance with fresh connections.
+    pub async fn renew(&self) -> Result<(), QueueError> {
+        {
+            let mut cfg = self
+                .client_config
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            cfg.set_instance_name(instance_name().into());
+        }
+        let fresh = self.start_admin().await?;
+        let old = self.admin.lock().await.replace(fresh);
+        if let (Some(old), Ok(env)) = (old, ClientEnv::get()) {
+            env.spawn(async move {
+                let mut old = old;
+                old.shutdown().await;
+            });
+        }
+        Ok(())
+    }
+
+    async fn start_admin(&self) -> Result<DefaultMQAdminExt, QueueError> {
+        let env = ClientEnv::get()?;
+        let runtime = env.client_runtime();
+        let mut admin = match self.rpc_hook.clone() {
+            Some(hook) => {
+                DefaultMQAdminExt::with_rpc_hook_and_timeout(runtime, hook, self.admin_timeout())
+            }
+            None => DefaultMQAdminExt::with_timeout(runtime, self.admin_timeout()),
+        };
+        *admin.client_config_mut() = self.client_config();
+        env.run(async move {
+            let mut admin = admin;
+            admin.start().await.map(|_| admin)
+        })
+        .await?
+        .map_err(|e| {
+            QueueError::Unavailable(format!("cannot start the RocketMQ admin client: {e}"))
+        })
+    }
+
+    pub fn rpc_hook(&self) -> Option<Arc<ClientRpcHook>> {
+        self.rpc_hook.clone()
+    }
+
+    fn admin_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.send_timeout.max(3000))
+    }
+
+    /// Start the admin client and check the name server answers and knows
+    /// at least one broker, trying `retry_times + 1` times with backoff.
+    pub async fn connect(&self) -> Result<(), QueueError> {
+        {
+            let mut guard = self.admin.lock().await;
+            if guard.is_none() {
+                *guard = Some(self.start_admin().await?);
+            }
+        }
+        let attempts = self.config.retry_times + 1;
+        let mut delay = Duration::from_millis(200);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            match self.probe().await {
+                Ok(()) => {
+                    self.spawn_probe();
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+            if attempt < attempts {
+                tracing::warn!(attempt, error = %last, "RocketMQ name server not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+        Err(QueueError::Unavailable(format!(
+            "RocketMQ name server {} is unreachable ({attempts} attempts): {last}",
+            self.config.name_server
+        )))
+    }
+
+    /// Ask the name server for the cluster; updates `is_connected`.
+    pub async fn probe(&self) -> Result<(), String> {
+        let result = self.cluster_masters().await;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(brokers) if !brokers.is_empty() => {
+                state.brokers = brokers;
+                state.last_error = None;
+                self.connected.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(_) => {
+                let e = "the name server answers but no broker is registered".to_string();
+                state.last_error = Some(e.clone());
+                self.connected.store(false, Ordering::SeqCst);
+                Err(e)
+            }
+            Err(e) => {
+                state.last_error = Some(e.clone());
+                self.connected.store(false, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn_probe(&self) {
+        let stop = self.probe_stop.clone();
+        stop.store(false, Ordering::SeqCst);
+        let this = ProbeHandle {
+            admin: Arc::downgrade(&self.admin),
+            connected: self.connected.clone(),
+            state: self.state.clone(),
+            name_server: self.config.name_server.clone(),
+            recovered: self.recovered.clone(),
+        };
+        let Ok(env) = ClientEnv::get() else { return };
+        env.handle.spawn(async move {
+            let mut was = true;
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                let Some(admin) = this.admin.upgrade() else {
+                    return;
+                };
+                let result = {
+                    let guard = admin.lock().await;
+                    match guard.as_ref() {
+                        Some(a) => masters_of(a).await,
+                        None => return,
+                    }
+                };
+                let ok = matches!(&result, Ok(b) if !b.is_empty());
+                this.connected.store(ok, Ordering::SeqCst);
+                let mut state = this.state.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    Ok(b) if !b.is_empty() => {
+                        state.brokers = b;
+                        state.last_error = None;
+                    }
+                    Ok(_) => state.last_error = Some("no broker registered".into()),
+                    Err(e) => state.last_error = Some(e),
+                }
+                if ok != was {
+                    if ok {
+                        tracing::info!(name_server = %this.name_server, "RocketMQ reachable again");
+                        this.recovered.notify_one();
+                    } else {
+                        tracing::warn!(name_server = %this.name_server, error = ?state.last_error, "RocketMQ unreachable");
+                    }
+                    was = ok;
+                }
+            }
+        });
+    }
+
+    pub async fn disconnect(&self) {
+        self.probe_stop.store(true, Ordering::SeqCst);
+        self.connected.store(false, Ordering::SeqCst);
+        let admin = self.admin.lock().await.take();
+        if let (Some(admin), Ok(env)) = (admin, ClientEnv::get()) {
+            let _ = env
+                .run(async move {
+                    let mut admin = admin;
+                    admin.shutdown().await;
+                })
+                .await;
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    pub fn connection_info(&self) -> ConnectionInfo {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        ConnectionInfo {
+            name_server: self.config.name_server.clone(),
+            connected: self.is_connected(),
+            namespace: self.config.namespace.clone(),
+            instance_name: self.client_config().instance_name.to_string(),
+            brokers: state.brokers.clone(),
+            last_error: state.last_error.clone(),
+        }
+    }
+
+    /// Run `f` with the started admin client, on the client runtime.
+    pub async fn with_admin<F, Fut, T>(&self, f: F) -> Result<T, QueueError>
+    where
+        F: FnOnce(Arc<tokio::sync::Mutex<Option<DefaultMQAdminExt>>>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, QueueError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let env = ClientEnv::get()?;
+        env.run(f(self.admin.clone())).await?
+    }
+
+    /// Broker name → master address, from the name server.
+    pub async fn cluster_masters(&self) -> Result<BTreeMap<String, String>, String> {
+        self.with_admin(|admin| async move {
+            let guard = admin.lock().await;
+            let admin = guard
+                .as_ref()
+                .ok_or_else(|| QueueError::Unavailable("not connected".into()))?;
+            masters_of(admin).await.map_err(QueueError::Unavailable)
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// Master addresses serving `topic`, from its route.
+    pub async fn topic_masters(&self, topic: &str) -> Result<Vec<String>, QueueError> {
+        let topic = topic.to_string();
+        self.with_admin(move |admin| async move {
+            let guard = admin.lock().await;
+            let admin = guard
+                .as_ref()
+                .ok_or_else(|| QueueError::Unavailable("not connected".into()))?;
+            route_masters(admin, &topic).await
+        })
+        .await
+    }
+
+    /// Create `topic` on every master broker unless its route exists.
+    pub async fn ensure_topic(&self, topic: &str, queues: u32) -> Result<bool, QueueError> {
+        if !self
+            .topic_masters(topic)
+            .await
+            .unwrap_or_default()
+            .is_empty()
+        {
+            return Ok(false);
+        }
+        let masters = self
+            .cluster_masters()
+            .await
+            .map_err(QueueError::Unavailable)?;
+        let topic_name = topic.to_string();
+        self.with_admin(move |admin| async move {
+            let guard = admin.lock().await;
+            let admin = guard
+                .as_ref()
+                .ok_or_else(|| QueueError::Unavailable("not connected".into()))?;
+            for addr in masters.values() {
+                let mut config = TopicConfig::with_queues(topic_name.as_str(), queues, queues);
+                config.perm = PERM_READ_WRITE;
+                TopicAdmin::create_and_update_topic_config(
+                    &**admin,
+                    CheetahString::from(addr.as_str()),
+                    config,
+                )
+                .await
+                .map_err(|e| {
+                    QueueError::Unavailable(format!(
+                        "cannot create topic {topic_name} on {addr}: {e}"
+                    ))
+                })?;
+            }
+            Ok(())
+        })
+        .await?;
+        // The broker registers the new topic with the name server on its
+        // next heartbeat; wait until the route is visible.
+        for _ in 0..100 {
+            if !self
+                .topic_masters(topic)
+                .await
+                .unwrap_or_default()
+                .is_empty()
+            {
+                tracing::info!(topic, "created RocketMQ topic");
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(QueueError::Unavailable(format!(
+            "topic {topic} was created but its route never appeared on the name server"
+        )))
+    }
+
+    /// Create (or fix the retry count of) subscription `group` on every master.
+    pub async fn ensure_group(&self, group: &str, retry_max_times: i32) -> Result<(), QueueError> {
+        let masters = self
+            .cluster_masters()
+            .await
+            .map_err(QueueError::Unavailable)?;
+        let group = group.to_string();
+        self.with_admin(move |admin| async move {
+            let guard = admin.lock().await;
+            let admin = guard
+                .as_ref()
+                .ok_or_else(|| QueueError::Unavailable("not connected".into()))?;
+            for addr in masters.values() {
+                let addr_c = CheetahString::from(addr.as_str());
+                if let Ok(existing) = ConsumerAdmin::examine_subscription_group_config(
+                    &**admin,
+                    addr_c.clone(),
+                    CheetahString::from(group.as_str()),
+                )
+                .await
+                {
+                    if existing.retry_max_times() == retry_max_times {
+                        continue;
+                    }
+                }
+                let mut config = SubscriptionGroupConfig::new(CheetahString::from(group.as_str()));
+                config.set_retry_max_times(retry_max_times);
+                config.set_retry_queue_nums(1);
+                config.set_consume_enable(true);
+                ConsumerAdmin::create_and_update_subscription_group_config(
+                    &**admin, addr_c, config,
+                )
+                .await
+                .map_err(|e| {
+                    QueueError::Unavailable(format!(
+                        "cannot create subscription group {group} on {addr}: {e}"
+                    ))
+                })?;
+                tracing::info!(group, broker = %addr, retry_max_times, "subscription group ready");
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Drop for RocketMqConnection {
+    fn drop(&mut self) {
+        self.probe_stop.store(true, Ordering::SeqCst);
+    }
+}
+
+struct ProbeHandle {
+    admin: std::sync::Weak<tokio::sync::Mutex<Option<DefaultMQAdminExt>>>,
+    connected: Arc<AtomicBool>,
+    state: Arc<Mutex<State>>,
+    name_server: String,
+    recovered: Arc<tokio::sync::Notify>,
+}
+
+async fn masters_of(admin: &DefaultMQAdminExt) -> Result<BTreeMap<String, String>, String> {
+    let info = RouteAdmin::examine_broker_cluster_info(&**admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for (name, data) in info.broker_addr_table.unwrap_or_default() {
+        if let Some(addr) = data.broker_addrs().get(&MASTER_ID) {
+            out.insert(name.to_string(), addr.to_string());
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn route_masters(
+    admin: &DefaultMQAdminExt,
+    topic: &str,
+) -> Result<Vec<String>, QueueError> {
+    let route = TopicAdmin::examine_topic_route_info(&**admin, CheetahString::from(topic))
+        .await
+        .map_err(|e| QueueError::Unavailable(format!("route of {topic}: {e}")))?;
+    Ok(route
+        .map(|r| {
+            r.broker_datas
+                .iter()
+                .filter_map(|b| b.broker_addrs().get(&MASTER_ID).map(|a| a.to_string()))
+                .collect()
+        })
+        .unwrap_or_default())
+}

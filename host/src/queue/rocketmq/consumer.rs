@@ -1,0 +1,640 @@
+//! The push consumer (design document §2.2.3 `RocketMQConsumer`):
+//! `set_message_handler`, `start_consuming`, `stop_consuming`.
+//!
+//! One `DefaultMQPushConsumer` per priority lane (the high lane's topic and
+//! group are separate, see [`super::Lane`]), both feeding the same
+//! [`TaskHandler`] through one semaphore of `concurrency` slots. The
+//! handler's [`Disposition`] becomes the consume status:
+//!
+//! | disposition | RocketMQ |
+//! |---|---|
+//! | `Ack` | `CONSUME_SUCCESS` |
+//! | `Retry` | `RECONSUME_LATER`: the broker re-delivers through `%RETRY%<group>` after the delay level of `reconsumeTimes` |
+//! | `Dead`, or `Retry` on the last attempt | published to `%DLQ%<consumer_group>` with the reason, then `CONSUME_SUCCESS`; if that publish fails the message is sent back with delay level -1, which makes the broker move it to its group's DLQ itself |
+//!
+//! `Delivery.attempt` is `reconsumeTimes + 1` and `max_attempts` is
+//! `max_reconsume_times + 1`. A handler call that outlives
+//! `consume_timeout` minutes is answered as a transient failure.
+//!
+//! The RocketMQ client calls listeners on its own blocking threads; the
+//! listener hands the work to the host's runtime and blocks until the
+//! handler answered, so the consume status reflects the real outcome.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rocketmq_client_rust::{
+    ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, DefaultMQPushConsumer, MQPushConsumer,
+    OffsetStore,
+};
+use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
+use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_model::common::message::message_queue::MessageQueue;
+use tokio::sync::Semaphore;
+
+use super::Lane;
+use super::connection::{ClientEnv, RocketMqConnection};
+use super::monitor::{Metrics, RocketMqMonitor};
+use super::producer::RocketMqProducer;
+use crate::queue::{Delivery, Disposition, QueueError, TaskHandler, TaskMessage};
+
+/// Delay level that makes the broker move a sent-back message to the DLQ.
+const DELAY_LEVEL_DLQ: i32 = -1;
+/// Delay level 0: the broker picks `3 + reconsumeTimes`.
+const DELAY_LEVEL_DEFAULT: i32 = 0;
+/// A normal-lane delivery waits at most this long for the high lane to
+/// drain (so a busy or unreachable high lane delays, but never starves,
+/// normal tasks).
+const MAX_PRIORITY_WAIT: Duration = Duration::from_secs(10);
+/// How long a computed high-lane backlog is reused.
+const BACKLOG_CACHE: Duration = Duration::from_millis(40);
+/// How long `stop_consuming` waits for the broker to show the final offsets.
+const OFFSET_COMMIT_WAIT: Duration = Duration::from_secs(5);
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type SendBackFn =
+    Arc<dyn Fn(MessageExt, MessageQueue, i32) -> BoxFuture<Result<(), String>> + Send + Sync>;
+type OffsetsFn = Arc<dyn Fn() -> Option<Arc<OffsetStore>> + Send + Sync>;
+
+pub struct RocketMqConsumer {
+    conn: Arc<RocketMqConnection>,
+    producer: Arc<RocketMqProducer>,
+    monitor: Arc<RocketMqMonitor>,
+    metrics: Arc<Metrics>,
+    handler: std::sync::Mutex<Option<Arc<dyn TaskHandler>>>,
+    running: tokio::sync::Mutex<Option<Running>>,
+    consuming: Arc<AtomicBool>,
+    in_flight: Arc<AtomicU64>,
+}
+
+struct Running {
+    lanes: Vec<LaneConsumer>,
+    concurrency: usize,
+}
+
+struct LaneConsumer {
+    group: String,
+    topic: String,
+    consumer: DefaultMQPushConsumer,
+    offsets: OffsetsFn,
+}
+
+/// What every listener call shares.
+struct Dispatch {
+    handler: Arc<dyn TaskHandler>,
+    slots: Arc<Semaphore>,
+    app: tokio::runtime::Handle,
+    producer: Arc<RocketMqProducer>,
+    max_attempts: u32,
+    consume_timeout: Duration,
+    in_flight: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    gate: PriorityGate,
+}
+
+/// One lane's listener.
+struct LaneCtx {
+    lane: Lane,
+    dispatch: Arc<Dispatch>,
+    send_back: SendBackFn,
+}
+
+enum Outcome {
+    Ack,
+    Retry,
+    Dead(String),
+}
+
+impl RocketMqConsumer {
+    pub fn new(
+        conn: Arc<RocketMqConnection>,
+        producer: Arc<RocketMqProducer>,
+        monitor: Arc<RocketMqMonitor>,
+        metrics: Arc<Metrics>,
+    ) -> RocketMqConsumer {
+        RocketMqConsumer {
+            conn,
+            producer,
+            monitor,
+            metrics,
+            handler: std::sync::Mutex::new(None),
+            running: tokio::sync::Mutex::new(None),
+            consuming: Arc::new(AtomicBool::new(false)),
+            in_flight: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn set_message_handler(&self, handler: Arc<dyn TaskHandler>) {
+        *self.handler.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);
+    }
+
+    pub fn is_consuming(&self) -> bool {
+        self.consuming.load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Start both lanes' push consumers with `handler`, or with the one set
+    /// by [`Self::set_message_handler`] when `None`.
+    pub async fn start_consuming(
+        &self,
+        handler: Option<Arc<dyn TaskHandler>>,
+        concurrency: usize,
+    ) -> Result<(), QueueError> {
+        let mut guard = self.running.lock().await;
+        if guard.is_some() {
+            return Err(QueueError::AlreadyStarted);
+        }
+        if let Some(h) = handler {
+            self.set_message_handler(h);
+        }
+        let handler = self
+            .handler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| QueueError::Unavailable("no message handler set".into()))?;
+        let concurrency = concurrency.max(1);
+        let cfg = &self.conn.config;
+        let names = &self.conn.names;
+        let dispatch = Arc::new(Dispatch {
+            handler,
+            slots: Arc::new(Semaphore::new(concurrency)),
+            app: tokio::runtime::Handle::current(),
+            producer: self.producer.clone(),
+            max_attempts: cfg.max_reconsume_times + 1,
+            consume_timeout: Duration::from_secs(cfg.consume_timeout.saturating_mul(60)),
+            in_flight: self.in_flight.clone(),
+            metrics: self.metrics.clone(),
+            gate: PriorityGate {
+                monitor: self.monitor.clone(),
+                topic: names.high_topic.clone(),
+                group: names.high_group.clone(),
+                offsets: OnceLock::new(),
+                cache: tokio::sync::Mutex::new(None),
+            },
+        });
+        // The high lane first, so the normal lane's gate can see its offsets.
+        let mut lanes = Vec::new();
+        for lane in [Lane::High, Lane::Normal] {
+            match self.start_lane(lane, &dispatch, concurrency).await {
+                Ok(c) => {
+                    if lane == Lane::High {
+                        let _ = dispatch.gate.offsets.set(c.offsets.clone());
+                    }
+                    lanes.push(c);
+                }
+                Err(e) => {
+                    for started in lanes {
+                        shutdown_lane(started).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.consuming.store(true, Ordering::SeqCst);
+        *guard = Some(Running { lanes, concurrency });
+        Ok(())
+    }
+
+    async fn start_lane(
+        &self,
+        lane: Lane,
+        dispatch: &Arc<Dispatch>,
+        concurrency: usize,
+    ) -> Result<LaneConsumer, QueueError> {
+        let env = ClientEnv::get()?;
+        let cfg = self.conn.config.clone();
+        let (group, topic) = match lane {
+            Lane::Normal => (self.conn.names.group.clone(), self.conn.names.topic.clone()),
+            Lane::High => (
+                self.conn.names.high_group.clone(),
+                self.conn.names.high_topic.clone(),
+            ),
+        };
+        // The worker's concurrency picks the consume threads within
+        // consumer_thread_min..=consumer_thread_max.
+        let threads_min = cfg
+            .consumer_thread_min
+            .max((concurrency as u32).min(cfg.consumer_thread_max));
+        let threads_max = cfg.consumer_thread_max.max(threads_min);
+        let builder = DefaultMQPushConsumer::builder(env.client_runtime())
+            .client_config(self.conn.client_config())
+            .consumer_group(group.clone())
+            .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+            .consume_thread_min(threads_min)
+            .consume_thread_max(threads_max)
+            .consume_message_batch_max_size(cfg.consume_message_batch_max_size)
+            .pull_batch_size(cfg.pull_batch_size)
+            .pull_interval(cfg.pull_interval)
+            .consume_timeout(cfg.consume_timeout)
+            .max_reconsume_times(cfg.max_reconsume_times.min(i32::MAX as u32) as i32)
+            .suspend_current_queue_time_millis(cfg.suspend_current_queue_time)
+            .await_termination_millis_when_shutdown(cfg.consume_timeout.saturating_mul(60_000))
+            .rpc_hook(self.conn.rpc_hook());
+        let dispatch = dispatch.clone();
+        let tag = cfg.tag.clone();
+        let topic_c = topic.clone();
+        let started = env
+            .run(async move {
+                let mut consumer = builder.build();
+                let imp = consumer.default_mq_push_consumer_impl().cloned();
+                let Some(imp) = imp else {
+                    return Err("the push consumer has no implementation".to_string());
+                };
+                let imp_back = imp.clone();
+                let send_back: SendBackFn = Arc::new(move |msg, mq, level| {
+                    let imp = imp_back.clone();
+                    Box::pin(async move {
+                        let mut msg = msg;
+                        imp.send_message_back(&mut msg, level, &mq)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                });
+                let offsets: OffsetsFn = Arc::new(move || imp.offset_store());
+                let ctx = Arc::new(LaneCtx {
+                    lane,
+                    dispatch,
+                    send_back,
+                });
+                consumer
+                    .subscribe(topic_c.as_str(), tag.as_str())
+                    .await
+                    .map_err(|e| format!("subscribe to {topic_c}: {e}"))?;
+                consumer.register_message_listener_concurrently(
+                    move |msgs: &[&MessageExt], c: &ConsumeConcurrentlyContext| {
+                        Ok(ctx.clone().listen(msgs, c))
+                    },
+                );
+                consumer.start().await.map_err(|e| e.to_string())?;
+                Ok((consumer, offsets))
+            })
+            .await?
+            .map_err(|e| {
+                QueueError::Unavailable(format!("cannot start the consumer of {group}: {e}"))
+            })?;
+        let (consumer, offsets) = started;
+        tracing::info!(
+            group,
+            topic,
+            threads_min,
+            threads_max,
+            "RocketMQ push consumer started"
+        );
+        Ok(LaneConsumer {
+            group,
+            topic,
+            consumer,
+            offsets,
+        })
+    }
+
+    /// Stop both consumers, wait for the handler calls in flight and for
+    /// the broker to hold the final consumed offsets.
+    pub async fn stop_consuming(&self) {
+        let Some(running) = self.running.lock().await.take() else {
+            return;
+        };
+        let mut committed: Vec<(String, String, HashMap<(String, i32), i64>)> = Vec::new();
+        for lane in running.lanes {
+            let (group, topic, offsets) =
+                (lane.group.clone(), lane.topic.clone(), lane.offsets.clone());
+            shutdown_lane(lane).await;
+            let mut local = HashMap::new();
+            if let Some(store) = offsets() {
+                for (mq, offset) in store.clone_offset_table(&topic).await {
+                    local.insert((mq.broker_name().to_string(), mq.queue_id()), offset);
+                }
+            }
+            committed.push((group, topic, local));
+        }
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.consuming.store(false, Ordering::SeqCst);
+        // The client commits offsets one-way at shutdown: wait until the
+        // broker shows them, so the lag read right after is exact.
+        let deadline = Instant::now() + OFFSET_COMMIT_WAIT;
+        for (group, topic, local) in committed {
+            if local.is_empty() {
+                continue;
+            }
+            loop {
+                let done = match self.monitor.consume_offsets(&group, &topic).await {
+                    Ok(qs) => local.iter().all(|((broker, qid), offset)| {
+                        qs.iter().any(|q| {
+                            (q.broker.is_empty() || &q.broker == broker)
+                                && q.queue_id == *qid
+                                && q.consumer_offset >= *offset
+                        })
+                    }),
+                    Err(_) => false,
+                };
+                if done || Instant::now() >= deadline {
+                    if !done {
+                        tracing::warn!(
+                            group,
+                            topic,
+                            "broker did not confirm the final offsets in time"
+                        );
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// For `Drop` of the owner: shut the push consumers down in the
+    /// background without waiting.
+    pub fn abandon(&self) {
+        let Ok(mut guard) = self.running.try_lock() else {
+            return;
+        };
+        let Some(running) = guard.take() else { return };
+        self.consuming.store(false, Ordering::SeqCst);
+        if let Ok(env) = ClientEnv::get() {
+            env.spawn(async move {
+                for lane in running.lanes {
+                    shutdown_lane(lane).await;
+                }
+            });
+        }
+    }
+
+    /// Stop and start again with a new consumer instance (the old one
+    /// finishes what it is handling first; nothing in the queue is lost:
+    /// the new one resumes from the committed offsets).
+    pub async fn restart(&self) -> Result<(), QueueError> {
+        let concurrency = match self.running.lock().await.as_ref() {
+            Some(r) => r.concurrency,
+            None => {
+                return Err(QueueError::Unavailable(
+                    "the consumer is not running".into(),
+                ));
+            }
+        };
+        self.stop_consuming().await;
+        self.start_consuming(None, concurrency).await
+    }
+}
+
+async fn shutdown_lane(lane: LaneConsumer) {
+    let Ok(env) = ClientEnv::get() else { return };
+    let mut consumer = lane.consumer;
+    let _ = env
+        .run(async move {
+            consumer.shutdown().await;
+        })
+        .await;
+}
+
+impl LaneCtx {
+    /// The listener: runs on a RocketMQ blocking thread.
+    fn listen(
+        self: Arc<Self>,
+        msgs: &[&MessageExt],
+        context: &ConsumeConcurrentlyContext,
+    ) -> ConsumeConcurrentlyStatus {
+        let owned: Vec<MessageExt> = msgs.iter().map(|m| (*m).clone()).collect();
+        let mq = context.get_message_queue().clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let app = self.dispatch.app.clone();
+        drop(app.spawn(async move {
+            let status = self.consume(owned, mq).await;
+            let _ = tx.send(status);
+        }));
+        // The host runtime going away (shutdown) drops the sender: the
+        // message is then re-delivered later.
+        rx.recv()
+            .unwrap_or(ConsumeConcurrentlyStatus::ReconsumeLater)
+    }
+
+    async fn consume(&self, msgs: Vec<MessageExt>, mq: MessageQueue) -> ConsumeConcurrentlyStatus {
+        let mut retry = Vec::new();
+        let n = msgs.len();
+        for msg in msgs {
+            let attempt = msg.reconsume_times().max(0) as u32 + 1;
+            match self.deliver(&msg, attempt).await {
+                Outcome::Ack => {}
+                Outcome::Retry => retry.push(msg),
+                Outcome::Dead(reason) => {
+                    if !self.dead_letter(&msg, &reason, attempt, &mq).await {
+                        retry.push(msg);
+                    }
+                }
+            }
+        }
+        if retry.is_empty() {
+            return ConsumeConcurrentlyStatus::ConsumeSuccess;
+        }
+        if retry.len() == n {
+            return ConsumeConcurrentlyStatus::ReconsumeLater;
+        }
+        // Part of a batch: send the failed ones back one by one, so the
+        // acknowledged ones are not delivered again.
+        for msg in retry {
+            if let Err(e) = (self.send_back)(msg, mq.clone(), DELAY_LEVEL_DEFAULT).await {
+                tracing::warn!(error = %e, "send back failed; the whole batch is re-delivered");
+                return ConsumeConcurrentlyStatus::ReconsumeLater;
+            }
+        }
+        ConsumeConcurrentlyStatus::ConsumeSuccess
+    }
+
+    async fn deliver(&self, msg: &MessageExt, attempt: u32) -> Outcome {
+        let d = &self.dispatch;
+        let message = match msg
+            .body()
+            .map(|b: bytes::Bytes| TaskMessage::from_bytes(b.as_ref()))
+        {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Outcome::Dead(e.to_string()),
+            None => return Outcome::Dead("message without a body".into()),
+        };
+        if attempt > d.max_attempts {
+            return Outcome::Dead(format!(
+                "delivered {attempt} times (limit {})",
+                d.max_attempts
+            ));
+        }
+        if self.lane == Lane::Normal {
+            d.gate.wait_for_high_lane().await;
+        }
+        let Ok(_slot) = d.slots.clone().acquire_owned().await else {
+            return Outcome::Retry;
+        };
+        d.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight(d.in_flight.clone());
+        let started = Instant::now();
+        let delivery = Delivery {
+            message,
+            attempt,
+            max_attempts: d.max_attempts,
+        };
+        let disposition =
+            match tokio::time::timeout(d.consume_timeout, d.handler.handle(delivery)).await {
+                Ok(disposition) => disposition,
+                Err(_) => Disposition::Retry {
+                    reason: format!(
+                        "still running after consume_timeout ({} min)",
+                        d.consume_timeout.as_secs() / 60
+                    ),
+                },
+            };
+        d.metrics
+            .record_consume(started.elapsed(), disposition == Disposition::Ack);
+        match disposition {
+            Disposition::Ack => Outcome::Ack,
+            Disposition::Retry { reason } if attempt >= d.max_attempts => Outcome::Dead(format!(
+                "{reason} (no retries left after {attempt} attempts)"
+            )),
+            Disposition::Retry { reason } => {
+                tracing::debug!(attempt, %reason, "re-delivery requested");
+                Outcome::Retry
+            }
+            Disposition::Dead { reason } => Outcome::Dead(reason),
+        }
+    }
+
+    /// Move `msg` to the dead-letter queue; false if it could not be done
+    /// (the message is then re-delivered).
+    async fn dead_letter(
+        &self,
+        msg: &MessageExt,
+        reason: &str,
+        attempt: u32,
+        mq: &MessageQueue,
+    ) -> bool {
+        match self
+            .dispatch
+            .producer
+            .send_dead_letter(msg, reason, attempt)
+            .await
+        {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing to the DLQ failed; asking the broker to dead-letter it")
+            }
+        }
+        match (self.send_back)(msg.clone(), mq.clone(), DELAY_LEVEL_DLQ).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot dead-letter the message; it will be re-delivered");
+                false
+            }
+        }
+    }
+}
+
+struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Holds normal-lane deliveries while the high lane has a backlog.
+///
+/// The backlog is `max offset - consumed offset` summed over the high
+/// topic's queues: max offsets from the broker, consumed offsets from this
+/// process's high-lane consumer where it owns the queue (exact, updated as
+/// each delivery finishes) and from the broker otherwise. It never
+/// under-counts, so within one process every high-priority task published
+/// before a normal one is handled first.
+struct PriorityGate {
+    monitor: Arc<RocketMqMonitor>,
+    topic: String,
+    group: String,
+    offsets: OnceLock<OffsetsFn>,
+    cache: tokio::sync::Mutex<Option<(Instant, u64)>>,
+}
+
+impl PriorityGate {
+    async fn wait_for_high_lane(&self) {
+        let started = Instant::now();
+        loop {
+            let backlog = self.backlog().await;
+            if backlog == 0 {
+                return;
+            }
+            if started.elapsed() >= MAX_PRIORITY_WAIT {
+                tracing::debug!(backlog, "high-priority lane still busy; going ahead");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn backlog(&self) -> u64 {
+        let mut cache = self.cache.lock().await;
+        if let Some((at, n)) = *cache {
+            if at.elapsed() < BACKLOG_CACHE {
+                return n;
+            }
+        }
+        let n = match self.compute().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "high-lane backlog unknown; not waiting");
+                0
+            }
+        };
+        *cache = Some((Instant::now(), n));
+        n
+    }
+
+    async fn compute(&self) -> Result<u64, QueueError> {
+        let queues = self.monitor.topic_offsets_by_broker(&self.topic).await?;
+        if queues.iter().all(|q| q.max <= q.min) {
+            return Ok(0);
+        }
+        let mut local: HashMap<(String, i32), i64> = HashMap::new();
+        if let Some(store) = self.offsets.get().and_then(|f| f()) {
+            for (mq, offset) in store.clone_offset_table(&self.topic).await {
+                if offset >= 0 {
+                    local.insert((mq.broker_name().to_string(), mq.queue_id()), offset);
+                }
+            }
+        }
+        let mut broker: Option<Vec<super::monitor::QueueOffsets>> = None;
+        let mut backlog = 0u64;
+        for q in queues {
+            if q.max <= q.min {
+                continue;
+            }
+            let consumed = match local.get(&(q.broker.clone(), q.queue_id)) {
+                Some(o) => *o,
+                None => {
+                    if broker.is_none() {
+                        broker = Some(
+                            self.monitor
+                                .consume_offsets(&self.group, &self.topic)
+                                .await?,
+                        );
+                    }
+                    broker
+                        .as_ref()
+                        .and_then(|b| {
+                            b.iter().find(|o| {
+                                o.queue_id == q.queue_id
+                                    && (o.broker.is_empty() || o.broker == q.broker)
+                            })
+                        })
+                        .map(|o| o.consumer_offset)
+                        .unwrap_or(0)
+                }
+            };
+            backlog += (q.max - consumed.max(q.min)).max(0) as u64;
+        }
+        Ok(backlog)
+    }
+}

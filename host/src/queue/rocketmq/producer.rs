@@ -1,0 +1,360 @@
+//! The producer (design document §2.2.2 `RocketMQProducer`):
+//! `send_export_task`, `send_batch_export_tasks`, `send_async`.
+//!
+//! Every task message is a RocketMQ message whose body is
+//! [`TaskMessage::to_bytes`] (versioned JSON), whose **keys** are the task id
+//! (so `mqadmin queryMsgByKey` finds a task) and whose **tag** is the output
+//! format (so a consumer group can subscribe to some formats only with
+//! `rocketmq.tag`). Priorities of [`super::HIGH_PRIORITY_MIN`] and above go
+//! to the high lane's topic.
+//!
+//! A body larger than `rocketmq.max_message_size` is refused with
+//! [`QueueError::TooLarge`] (HTTP 413) before anything is sent: data is never
+//! truncated. A send counts as accepted only when the broker answered
+//! `SEND_OK` (with a `SYNC_FLUSH` broker that means it is on disk).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rocketmq_client_rust::{ClientError, DefaultMQProducer, SendResult};
+use rocketmq_model::common::message::MessageTrait;
+use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_model::common::message::message_single::Message;
+use rocketmq_model::result::SendStatus;
+
+use super::connection::{ClientEnv, RocketMqConnection};
+use super::monitor::Metrics;
+use super::{Lane, PROP_ATTEMPTS, PROP_REASON};
+use crate::queue::{QueueError, TaskMessage};
+
+/// Most messages in one batch send (one batch goes to one queue; smaller
+/// batches spread a burst over the topic's queues).
+const BATCH_MAX_MESSAGES: usize = 32;
+/// Per-message framing in a batch, on top of body and properties.
+const BATCH_OVERHEAD: usize = 512;
+/// Longest dead-letter reason kept in a message property.
+const MAX_REASON_BYTES: usize = 4000;
+
+pub struct RocketMqProducer {
+    producer: tokio::sync::RwLock<Option<Arc<DefaultMQProducer>>>,
+    topic: String,
+    high_topic: String,
+    dlq: String,
+    max_message_size: usize,
+    send_timeout: u64,
+    metrics: Arc<Metrics>,
+    conn: Arc<RocketMqConnection>,
+    /// Notified when a send failed (the manager may reconnect).
+    failed: Arc<tokio::sync::Notify>,
+    /// Producer clients started so far.
+    generation: AtomicU64,
+}
+
+impl RocketMqProducer {
+    pub async fn start(
+        conn: Arc<RocketMqConnection>,
+        metrics: Arc<Metrics>,
+        failed: Arc<tokio::sync::Notify>,
+    ) -> Result<RocketMqProducer, QueueError> {
+        let producer = Self::start_client(&conn, 0).await?;
+        let cfg = &conn.config;
+        Ok(RocketMqProducer {
+            producer: tokio::sync::RwLock::new(Some(Arc::new(producer))),
+            topic: conn.names.topic.clone(),
+            high_topic: conn.names.high_topic.clone(),
+            dlq: conn.names.dlq.clone(),
+            max_message_size: cfg.max_message_size,
+            send_timeout: cfg.send_timeout,
+            metrics,
+            conn,
+            failed,
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Each producer client has a client instance of its own
+    /// (`<instance>-producer<generation>`): a restart starts the new one
+    /// before stopping the old, and one instance cannot hold the same
+    /// producer group twice.
+    async fn start_client(
+        conn: &RocketMqConnection,
+        generation: u64,
+    ) -> Result<DefaultMQProducer, QueueError> {
+        let env = ClientEnv::get()?;
+        let cfg = &conn.config;
+        let mut client_config = conn.client_config();
+        let name = format!("{}-producer{generation}", client_config.instance_name);
+        client_config.set_instance_name(name.into());
+        let mut builder = DefaultMQProducer::builder(env.client_runtime())
+            .client_config(client_config)
+            .producer_group(conn.names.producer_group.clone())
+            .send_msg_timeout(cfg.send_timeout.min(u64::from(u32::MAX)) as u32)
+            .retry_times_when_send_failed(cfg.retry_times)
+            .retry_times_when_send_async_failed(cfg.retry_times)
+            .max_message_size(cfg.max_message_size.min(u32::MAX as usize) as u32);
+        if let Some(hook) = conn.rpc_hook() {
+            builder = builder.rpc_hook(hook);
+        }
+        let producer = builder.build();
+        env.run(async move {
+            let mut producer = producer;
+            producer.start().await.map(|_| producer)
+        })
+        .await?
+        .map_err(|e| QueueError::Unavailable(format!("cannot start the RocketMQ producer: {e}")))
+    }
+
+    /// Replace the client with a new instance (sends in flight on the old
+    /// one finish first).
+    pub async fn restart(&self) -> Result<(), QueueError> {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let fresh = Arc::new(Self::start_client(&self.conn, generation).await?);
+        let old = self.producer.write().await.replace(fresh);
+        if let (Some(old), Ok(env)) = (old, ClientEnv::get()) {
+            env.spawn(shutdown_client(old));
+        }
+        Ok(())
+    }
+
+    pub async fn is_started(&self) -> bool {
+        self.producer.read().await.is_some()
+    }
+
+    async fn handle(&self) -> Result<Arc<DefaultMQProducer>, QueueError> {
+        self.producer
+            .read()
+            .await
+            .clone()
+            .ok_or_else(|| QueueError::Unavailable("the RocketMQ producer is stopped".into()))
+    }
+
+    fn topic_for(&self, m: &TaskMessage) -> &str {
+        match Lane::of(m.priority) {
+            Lane::Normal => &self.topic,
+            Lane::High => &self.high_topic,
+        }
+    }
+
+    /// The RocketMQ message for one task; refuses bodies over the limit.
+    pub fn message(&self, m: &TaskMessage) -> Result<Message, QueueError> {
+        let body = m.to_bytes();
+        if body.len() > self.max_message_size {
+            return Err(QueueError::TooLarge {
+                size: body.len(),
+                limit: self.max_message_size,
+            });
+        }
+        Message::builder()
+            .topic(self.topic_for(m))
+            .tags(m.output_format.as_str())
+            .key(m.task_id.as_str())
+            .body(body)
+            .build()
+            .map_err(|e| QueueError::BadMessage(format!("task {}: {e}", m.task_id.as_str())))
+    }
+
+    /// Send one task and wait for the broker's answer.
+    pub async fn send_export_task(&self, m: &TaskMessage) -> Result<(), QueueError> {
+        let msg = self.message(m)?;
+        let producer = self.handle().await?;
+        let timeout = self.send_timeout;
+        let started = Instant::now();
+        let result = ClientEnv::get()?
+            .run(async move { producer.send_with_timeout(msg, timeout).await })
+            .await?;
+        self.record(1, started, check_sent(result))
+    }
+
+    /// Send many tasks: validated first (all or nothing for size), then
+    /// grouped by lane and sent as RocketMQ batches.
+    pub async fn send_batch_export_tasks(&self, batch: &[TaskMessage]) -> Result<(), QueueError> {
+        let mut lanes: [Vec<(usize, Message)>; 2] = [Vec::new(), Vec::new()];
+        for m in batch {
+            let msg = self.message(m)?;
+            let size = msg.get_body().map(|b| b.len()).unwrap_or(0) + BATCH_OVERHEAD;
+            lanes[Lane::of(m.priority) as usize].push((size, msg));
+        }
+        let producer = self.handle().await?;
+        for lane in lanes {
+            let mut chunk: Vec<Message> = Vec::new();
+            let mut bytes = 0usize;
+            for (size, msg) in lane {
+                if !chunk.is_empty()
+                    && (chunk.len() >= BATCH_MAX_MESSAGES || bytes + size > self.max_message_size)
+                {
+                    self.send_chunk(&producer, std::mem::take(&mut chunk))
+                        .await?;
+                    bytes = 0;
+                }
+                bytes += size;
+                chunk.push(msg);
+            }
+            if !chunk.is_empty() {
+                self.send_chunk(&producer, chunk).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_chunk(
+        &self,
+        producer: &Arc<DefaultMQProducer>,
+        chunk: Vec<Message>,
+    ) -> Result<(), QueueError> {
+        let n = chunk.len();
+        let producer = producer.clone();
+        let timeout = self.send_timeout;
+        let started = Instant::now();
+        let result = ClientEnv::get()?
+            .run(async move {
+                if chunk.len() == 1 {
+                    let msg = chunk.into_iter().next().expect("one message");
+                    match producer.send_with_timeout(msg, timeout).await {
+                        Ok(Some(r)) => Ok(r),
+                        Ok(None) => Err(ClientError::illegal_argument("send returned no result")),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    producer.send_batch_with_timeout(chunk, timeout).await
+                }
+            })
+            .await?;
+        self.record(n, started, check(result))
+    }
+
+    /// Send one task without waiting; `done` gets the outcome.
+    pub async fn send_async(
+        &self,
+        m: &TaskMessage,
+        done: impl Fn(Result<(), QueueError>) + Send + Sync + 'static,
+    ) -> Result<(), QueueError> {
+        let msg = self.message(m)?;
+        let producer = self.handle().await?;
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let callback = move |r: Option<&SendResult>, e: Option<&ClientError>| {
+            let outcome = match (r, e) {
+                (_, Some(e)) => Err(QueueError::Unavailable(format!(
+                    "RocketMQ send failed: {e}"
+                ))),
+                (Some(r), None) => check(Ok(r.clone())),
+                (None, None) => Err(QueueError::Unavailable("RocketMQ send: no result".into())),
+            };
+            metrics.record_send(1, started.elapsed(), outcome.is_ok());
+            done(outcome);
+        };
+        ClientEnv::get()?
+            .run(async move { producer.send_with_callback(msg, callback).await })
+            .await?
+            .map_err(|e| QueueError::Unavailable(format!("RocketMQ send failed: {e}")))
+    }
+
+    /// Publish a copy of `original` to `%DLQ%<consumer_group>` with the
+    /// reason and the number of attempts as properties.
+    pub async fn send_dead_letter(
+        &self,
+        original: &MessageExt,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), QueueError> {
+        let mut reason = reason.to_string();
+        if reason.len() > MAX_REASON_BYTES {
+            let mut cut = MAX_REASON_BYTES;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        let mut builder = Message::builder()
+            .topic(self.dlq.as_str())
+            .body(original.body().unwrap_or_default());
+        if let Some(tags) = original.get_tags() {
+            builder = builder.tags(tags);
+        }
+        if let Some(keys) = original.get_keys() {
+            builder = builder.key(keys);
+        }
+        let mut msg = builder
+            .build()
+            .map_err(|e| QueueError::BadMessage(e.to_string()))?;
+        msg.put_property(PROP_REASON.into(), reason.into());
+        msg.put_property(PROP_ATTEMPTS.into(), attempts.to_string().into());
+        msg.put_property("ORIGIN_MESSAGE_ID".into(), original.msg_id().clone());
+        msg.put_property("RETRY_TOPIC".into(), original.topic().clone());
+        let producer = self.handle().await?;
+        let timeout = self.send_timeout;
+        let result = ClientEnv::get()?
+            .run(async move { producer.send_with_timeout(msg, timeout).await })
+            .await?;
+        check_sent(result)
+    }
+
+    fn record(
+        &self,
+        n: usize,
+        started: Instant,
+        result: Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
+        self.metrics
+            .record_send(n as u64, started.elapsed(), result.is_ok());
+        // A connection failure may be rocketmq-rust's circuit breaker
+        // holding a recovered broker off: the manager reconnects.
+        if let Err(QueueError::Unavailable(m)) = &result {
+            if m.contains("connection") || m.contains("ircuit") {
+                self.failed.notify_one();
+            }
+        }
+        result
+    }
+
+    /// Stop the producer (sends in flight finish first).
+    pub async fn shutdown(&self) {
+        if let Some(producer) = self.producer.write().await.take() {
+            shutdown_client(producer).await;
+        }
+    }
+}
+
+async fn shutdown_client(mut producer: Arc<DefaultMQProducer>) {
+    let producer = loop {
+        match Arc::try_unwrap(producer) {
+            Ok(p) => break p,
+            Err(shared) => {
+                producer = shared;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    if let Ok(env) = ClientEnv::get() {
+        let _ = env
+            .run(async move {
+                let mut producer = producer;
+                producer.shutdown().await;
+            })
+            .await;
+    }
+}
+
+fn check_sent(result: Result<Option<SendResult>, ClientError>) -> Result<(), QueueError> {
+    match result {
+        Ok(Some(r)) => check(Ok(r)),
+        Ok(None) => Err(QueueError::Unavailable(
+            "RocketMQ send returned no result".into(),
+        )),
+        Err(e) => check(Err(e)),
+    }
+}
+
+fn check(result: Result<SendResult, ClientError>) -> Result<(), QueueError> {
+    match result {
+        Ok(r) if r.send_status == SendStatus::SendOk => Ok(()),
+        Ok(r) => Err(QueueError::Unavailable(format!(
+            "RocketMQ did not store the message durably: {:?}",
+            r.send_status
+        ))),
+        Err(e) => Err(QueueError::Unavailable(format!(
+            "RocketMQ send failed: {e}"
+        ))),
+    }
+}
