@@ -12,7 +12,7 @@
 //! * [`api`] — axum routes, the `{success, data, message}` envelope and the
 //!   one error type that maps to status codes.
 //! * [`queue`] — the `TaskQueue` trait and its backends (`embedded`, durable
-//!   SQLite; `rocketmq` to come).
+//!   SQLite; `rocketmq`, Apache RocketMQ).
 //! * [`worker`] — the queue's handler: one task in, a result or a failure out.
 //! * [`plugin`] — the wasmtime sandbox: loading and hot reload, limits,
 //!   fault classes, fonts, captured stdio.
