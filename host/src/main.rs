@@ -81,8 +81,9 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn,rocketmq_client_rust=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,wasmtime=warn,cranelift=warn,rocketmq_client_rust=warn")
+    });
     let json = std::env::var("EXPORT_HOST_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
