@@ -12,6 +12,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
+use utoipa::ToSchema;
 
 pub const SAMPLES_PER_SECOND: usize = 1000;
 
@@ -49,15 +50,16 @@ struct Bucket {
     by_plugin: BTreeMap<String, Series>,
 }
 
-/// Latency summary in milliseconds.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// Latency summary in milliseconds (end to end: accepted → finished).
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct Latency {
     pub average_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Deliveries of one output format or plugin in the window.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SeriesReport {
     pub consumed: u64,
     pub errors: u64,
@@ -66,14 +68,47 @@ pub struct SeriesReport {
     pub latency: Latency,
 }
 
-/// The design document's `/api/v1/queue/metrics` data, plus breakdowns.
-#[derive(Debug, Clone, Serialize)]
+/// Messages per second over the window.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Throughput {
+    pub produced_per_second: f64,
+    pub consumed_per_second: f64,
+}
+
+/// Fractions (0.0–1.0) over the window.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorRates {
+    /// Refused sends / attempted sends.
+    pub send_error_rate: f64,
+    /// Failed or dead deliveries / finished deliveries.
+    pub consume_error_rate: f64,
+}
+
+/// The window, RFC 3339 with milliseconds, UTC.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TimeRange {
+    pub start: String,
+    pub end: String,
+}
+
+/// Counts behind the rates.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Counts {
+    pub produced: u64,
+    pub send_errors: u64,
+    pub consumed: u64,
+    pub consume_errors: u64,
+}
+
+/// The design document's `/api/v1/queue/metrics` data (§4.1.3), plus
+/// counts and breakdowns per output format and per plugin.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WindowReport {
-    pub message_throughput: serde_json::Value,
+    pub message_throughput: Throughput,
     pub latency: Latency,
-    pub error_rate: serde_json::Value,
-    pub time_range: serde_json::Value,
-    pub counts: serde_json::Value,
+    pub error_rate: ErrorRates,
+    pub time_range: TimeRange,
+    pub counts: Counts,
     pub by_format: BTreeMap<String, SeriesReport>,
     pub by_plugin: BTreeMap<String, SeriesReport>,
 }
@@ -258,19 +293,25 @@ impl Telemetry {
         let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let start = now - chrono::Duration::from_std(self.window).unwrap_or_default();
         WindowReport {
-            message_throughput: serde_json::json!({
-                "produced_per_second": produced as f64 / secs,
-                "consumed_per_second": all.consumed as f64 / secs,
-            }),
+            message_throughput: Throughput {
+                produced_per_second: produced as f64 / secs,
+                consumed_per_second: all.consumed as f64 / secs,
+            },
             latency: latency(&mut all.latencies_ms.clone()),
-            error_rate: serde_json::json!({
-                "send_error_rate": rate(send_errors, produced + send_errors),
-                "consume_error_rate": rate(all.errors, all.consumed),
-            }),
-            time_range: serde_json::json!({ "start": fmt(start), "end": fmt(now) }),
-            counts: serde_json::json!({
-                "produced": produced, "send_errors": send_errors, "consumed": all.consumed, "consume_errors": all.errors,
-            }),
+            error_rate: ErrorRates {
+                send_error_rate: rate(send_errors, produced + send_errors),
+                consume_error_rate: rate(all.errors, all.consumed),
+            },
+            time_range: TimeRange {
+                start: fmt(start),
+                end: fmt(now),
+            },
+            counts: Counts {
+                produced,
+                send_errors,
+                consumed: all.consumed,
+                consume_errors: all.errors,
+            },
             by_format: by_format.into_iter().map(|(k, s)| (k, report(s))).collect(),
             by_plugin: by_plugin.into_iter().map(|(k, s)| (k, report(s))).collect(),
         }
@@ -310,9 +351,9 @@ mod tests {
             );
         }
         let r = t.window();
-        assert_eq!(r.counts["produced"], 10);
-        assert_eq!(r.error_rate["consume_error_rate"], 0.2);
-        assert!((r.error_rate["send_error_rate"].as_f64().expect("f64") - 1.0 / 11.0).abs() < 1e-9);
+        assert_eq!(r.counts.produced, 10);
+        assert_eq!(r.error_rate.consume_error_rate, 0.2);
+        assert!((r.error_rate.send_error_rate - 1.0 / 11.0).abs() < 1e-9);
         assert_eq!(r.by_plugin["text"].consumed, 10);
         assert!(r.latency.p99_ms >= 20.0, "{:?}", r.latency);
     }

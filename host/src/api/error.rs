@@ -6,11 +6,32 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
-#[derive(Debug, Serialize)]
-pub struct Envelope<T: Serialize> {
+/// The envelope of every successful JSON response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Envelope<T> {
+    /// `true`: the request did what it asked.
     pub success: bool,
-    pub data: Option<T>,
+    pub data: T,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// The envelope of every error response (4xx, 5xx).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    example = json!({"success": false, "data": null, "message": "template \"invoice\" not found"})
+)]
+pub struct ErrorEnvelope {
+    /// Always `false`.
+    pub success: bool,
+    /// Structured details when there are any (e.g. `available_formats` for
+    /// an unknown output format, the readiness checks for 503 on `/ready`),
+    /// otherwise `null`.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+    /// What went wrong and what to fix.
     pub message: String,
 }
 
@@ -20,7 +41,7 @@ pub fn ok<T: Serialize>(status: StatusCode, data: T, message: impl Into<String>)
         status,
         Json(Envelope {
             success: true,
-            data: Some(data),
+            data,
             message: message.into(),
         }),
     )
@@ -72,7 +93,7 @@ impl IntoResponse for ApiError {
         }
         (
             self.status,
-            Json(Envelope {
+            Json(ErrorEnvelope {
                 success: false,
                 data: self.data,
                 message: self.message,

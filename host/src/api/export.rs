@@ -5,12 +5,13 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, ok, parse_json};
+use super::error::{ApiError, Envelope, ErrorEnvelope, ok, parse_json};
 use crate::ids::{TaskId, TemplateId, TenantId};
 use crate::queue::{MESSAGE_VERSION, TaskMessage};
 use crate::store::NewTask;
@@ -18,26 +19,69 @@ use crate::store::NewTask;
 /// Tasks in one batch request, at most.
 pub const MAX_BATCH: usize = 1000;
 
-#[derive(Deserialize)]
+/// One export task. Unknown fields are refused.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ExportRequest {
+#[schema(example = json!({"template_id": "letter", "output_format": "txt", "data": {"name": "Ada"}, "priority": 5}))]
+pub struct ExportRequest {
+    /// An uploaded template (`PUT /api/v1/templates/{template_id}/{file_name}`).
     template_id: String,
+    /// The template's data: a JSON object of at most `limits.max_data_bytes`.
+    #[schema(value_type = Object)]
     data: Box<RawValue>,
+    /// A format on offer (`GET /api/v1/formats`).
     output_format: String,
+    /// 0 (default) to 9 (most urgent).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 9)]
     priority: Option<i32>,
 }
 
-#[derive(Deserialize)]
+/// Many tasks with the same template and format, all or none accepted.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BatchRequest {
+pub struct BatchRequest {
     template_id: String,
+    /// One JSON object per task, 1 to 1000 of them.
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
     data_list: Vec<Box<RawValue>>,
     output_format: String,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 9)]
     priority: Option<i32>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct TaskAccepted {
+    /// Poll `GET /api/v1/tasks/{task_id}`.
+    pub task_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchAccepted {
+    /// In the order of `data_list`.
+    pub task_ids: Vec<String>,
+}
+
+/// Submit one export task.
+///
+/// The task is accepted exactly when this answers 202: it is recorded and
+/// on the queue.
+#[utoipa::path(
+    post,
+    path = "/api/v1/export",
+    operation_id = "submit_export",
+    tag = "export",
+    request_body = ExportRequest,
+    responses(
+        (status = 202, description = "Queued", body = Envelope<TaskAccepted>),
+        (status = 400, description = "Malformed JSON (with line and column), invalid id, priority out of range, data not an object, unknown output format (`data.available_formats` lists them) or a template without a file the format renders from", body = ErrorEnvelope),
+        (status = 404, description = "Unknown template", body = ErrorEnvelope),
+        (status = 413, description = "Data over `limits.max_data_bytes`, or the message over the queue's message size limit", body = ErrorEnvelope),
+        (status = 503, description = "The queue did not accept the task (nothing was recorded)", body = ErrorEnvelope),
+        (status = 500, description = "Storage failure", body = ErrorEnvelope),
+    )
+)]
 pub async fn submit(
     State(app): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -58,11 +102,27 @@ pub async fn submit(
         .unwrap_or_default();
     Ok(ok(
         StatusCode::ACCEPTED,
-        json!({ "task_id": task_id }),
+        TaskAccepted { task_id },
         "export task queued",
     ))
 }
 
+/// Submit up to 1000 tasks with the same template and format.
+#[utoipa::path(
+    post,
+    path = "/api/v1/export/batch",
+    operation_id = "submit_export_batch",
+    tag = "export",
+    request_body = BatchRequest,
+    responses(
+        (status = 202, description = "All queued", body = Envelope<BatchAccepted>),
+        (status = 400, description = "As for one task; also an empty `data_list` or more than 1000 items", body = ErrorEnvelope),
+        (status = 404, description = "Unknown template", body = ErrorEnvelope),
+        (status = 413, description = "An item over `limits.max_data_bytes` (named by index), or a message over the queue's limit", body = ErrorEnvelope),
+        (status = 503, description = "The queue did not accept the batch (nothing was recorded)", body = ErrorEnvelope),
+        (status = 500, description = "Storage failure", body = ErrorEnvelope),
+    )
+)]
 pub async fn submit_batch(
     State(app): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -89,7 +149,7 @@ pub async fn submit_batch(
     let ids: Vec<String> = ids.into_iter().map(|id| id.to_string()).collect();
     Ok(ok(
         StatusCode::ACCEPTED,
-        json!({ "task_ids": ids }),
+        BatchAccepted { task_ids: ids },
         format!("{n} export tasks queued"),
     ))
 }

@@ -4,13 +4,126 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, ok};
+use super::error::{ApiError, Envelope, ErrorEnvelope, ok};
 use crate::ids::{TaskId, TenantId};
-use crate::store::TaskStatus;
+use crate::store::{TaskRecord, TaskStatus};
 
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    /// Failed permanently (the input's fault); not retried.
+    Failed,
+    /// Failed transiently on every attempt; its message is in the dead-letter queue.
+    Dead,
+}
+
+impl From<TaskStatus> for TaskState {
+    fn from(s: TaskStatus) -> TaskState {
+        match s {
+            TaskStatus::Queued => TaskState::Queued,
+            TaskStatus::Running => TaskState::Running,
+            TaskStatus::Succeeded => TaskState::Succeeded,
+            TaskStatus::Failed => TaskState::Failed,
+            TaskStatus::Dead => TaskState::Dead,
+        }
+    }
+}
+
+/// The last error of a task.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskErrorView {
+    /// Fault class: `timeout`, `out_of_memory`, `output_too_large`, `trap`,
+    /// `fuel_exhausted`, `bad_template`, `bad_data`, `unsupported`,
+    /// `internal`, `host`, `no_plugin`.
+    pub class: String,
+    pub message: String,
+    /// Whether the service will try again.
+    pub retryable: bool,
+}
+
+/// The stored document of a succeeded task.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultView {
+    /// Bytes.
+    pub size: u64,
+    pub media_type: String,
+    pub extension: String,
+}
+
+/// `GET /api/v1/tasks/{task_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskView {
+    pub task_id: String,
+    pub template_id: String,
+    pub output_format: String,
+    pub priority: i32,
+    pub status: TaskState,
+    /// Deliveries so far (1 for the first).
+    pub attempts: u32,
+    pub error: Option<TaskErrorView>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<ResultView>,
+    /// Where to download the document, once succeeded.
+    pub result_url: Option<String>,
+}
+
+impl From<TaskRecord> for TaskView {
+    fn from(t: TaskRecord) -> TaskView {
+        let result_url = t
+            .result
+            .as_ref()
+            .map(|_| format!("/api/v1/tasks/{}/result", t.task_id));
+        TaskView {
+            task_id: t.task_id,
+            template_id: t.template_id,
+            output_format: t.output_format,
+            priority: t.priority,
+            status: t.status.into(),
+            attempts: t.attempts,
+            error: t.error.map(|e| TaskErrorView {
+                class: e.class,
+                message: e.message,
+                retryable: e.retryable,
+            }),
+            created_at: t.created_at,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+            result: t.result.map(|r| ResultView {
+                size: r.size,
+                media_type: r.media_type,
+                extension: r.extension,
+            }),
+            result_url,
+        }
+    }
+}
+
+/// The status of one task.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{task_id}",
+    operation_id = "get_task",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "As returned by `POST /api/v1/export`")),
+    responses(
+        (status = 200, description = "The task", body = Envelope<TaskView>),
+        (status = 400, description = "Invalid task id", body = ErrorEnvelope),
+        (status = 404, description = "No such task", body = ErrorEnvelope),
+        (status = 500, description = "Storage failure", body = ErrorEnvelope),
+    )
+)]
 pub async fn status(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -22,19 +135,28 @@ pub async fn status(
         .get(&tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))?;
-    let result_url = task
-        .result
-        .as_ref()
-        .map(|_| format!("/api/v1/tasks/{id}/result"));
-    let mut doc = serde_json::to_value(&task).map_err(|e| ApiError::internal(e.to_string()))?;
-    doc["result_url"] = json!(result_url);
-    Ok(ok(
-        StatusCode::OK,
-        doc,
-        format!("task is {}", task.status.as_str()),
-    ))
+    let message = format!("task is {}", task.status.as_str());
+    Ok(ok(StatusCode::OK, TaskView::from(task), message))
 }
 
+/// Download the document of a succeeded task.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{task_id}/result",
+    operation_id = "get_task_result",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "A succeeded task")),
+    responses(
+        (status = 200, description = "The document, with its media type as `Content-Type` and a `Content-Disposition: attachment` file name",
+            content(("application/octet-stream")),
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"<template>-<task>.<ext>\"`"))),
+        (status = 400, description = "Invalid task id", body = ErrorEnvelope),
+        (status = 404, description = "No such task", body = ErrorEnvelope),
+        (status = 409, description = "The task has no result (yet): `data.status` says where it is", body = ErrorEnvelope),
+        (status = 410, description = "The result file is no longer stored", body = ErrorEnvelope),
+        (status = 500, description = "Storage failure", body = ErrorEnvelope),
+    )
+)]
 pub async fn result(
     State(app): State<AppState>,
     Path(id): Path<String>,

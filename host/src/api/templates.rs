@@ -5,13 +5,78 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, ok};
+use super::error::{ApiError, Envelope, ErrorEnvelope, ok};
 use crate::ids::{FileName, TemplateId, TenantId};
+use crate::store::templates::TemplateInfo;
 
-/// `PUT /api/v1/templates/{template_id}/{file_name}` with the file as the body.
+/// One file of a template bundle.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateFileView {
+    pub name: String,
+    /// The extension: which plugins render from it (`docx`, `typ`, `html`, …).
+    pub kind: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// A template: one file per kind.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateView {
+    pub template_id: String,
+    pub files: Vec<TemplateFileView>,
+}
+
+impl From<TemplateInfo> for TemplateView {
+    fn from(t: TemplateInfo) -> TemplateView {
+        TemplateView {
+            template_id: t.template_id,
+            files: t
+                .files
+                .into_iter()
+                .map(|f| TemplateFileView {
+                    name: f.name,
+                    kind: f.kind,
+                    size: f.size,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateDeleted {
+    pub template_id: String,
+}
+
+/// Upload one template file (the request body is the file).
+///
+/// The file's extension is its kind; a loaded plugin must render from that kind.
+#[utoipa::path(
+    put,
+    path = "/api/v1/templates/{template_id}/{file_name}",
+    operation_id = "put_template_file",
+    tag = "templates",
+    params(
+        ("template_id" = String, Path, description = "Letters, digits, `-`, `_`, `.`; no `/`, `..`; at most 128 characters"),
+        ("file_name" = String, Path, description = "e.g. `invoice.docx`, `invoice.typ`, `letter.html`")
+    ),
+    request_body(description = "The template file", content(("application/octet-stream"))),
+    responses(
+        (status = 201, description = "Stored; the template as it is now", body = Envelope<TemplateView>),
+        (status = 400, description = "Invalid id or file name, empty file, or no loaded plugin renders from this kind", body = ErrorEnvelope),
+        (status = 413, description = "File over `limits.max_template_bytes`", body = ErrorEnvelope),
+        (status = 500, description = "Storage failure", body = ErrorEnvelope),
+    )
+)]
 pub async fn put_file(
     State(app): State<AppState>,
     Path((id, file)): Path<(String, String)>,
@@ -50,21 +115,48 @@ pub async fn put_file(
         .await?;
     Ok(ok(
         StatusCode::CREATED,
-        info,
+        TemplateView::from(info),
         format!("template file {} stored", file.as_str()),
     ))
 }
 
+/// Every template of the tenant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates",
+    operation_id = "list_templates",
+    tag = "templates",
+    responses(
+        (status = 200, description = "The templates", body = Envelope<TemplateList>),
+        (status = 500, description = "Storage failure", body = ErrorEnvelope),
+    )
+)]
 pub async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
     let list = app.templates.list(&TenantId::default_tenant()).await?;
     let n = list.len();
     Ok(ok(
         StatusCode::OK,
-        json!({ "templates": list }),
+        TemplateList {
+            templates: list.into_iter().map(TemplateView::from).collect(),
+        },
         format!("{n} templates"),
     ))
 }
 
+/// One template and its files.
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates/{template_id}",
+    operation_id = "get_template",
+    tag = "templates",
+    params(("template_id" = String, Path, description = "A template id")),
+    responses(
+        (status = 200, description = "The template", body = Envelope<TemplateView>),
+        (status = 400, description = "Invalid template id", body = ErrorEnvelope),
+        (status = 404, description = "No such template", body = ErrorEnvelope),
+        (status = 500, description = "Storage failure", body = ErrorEnvelope),
+    )
+)]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -75,9 +167,30 @@ pub async fn get(
         .get(&TenantId::default_tenant(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("template {:?} not found", id.as_str())))?;
-    Ok(ok(StatusCode::OK, info, "template found"))
+    Ok(ok(
+        StatusCode::OK,
+        TemplateView::from(info),
+        "template found",
+    ))
 }
 
+/// Download one template file.
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates/{template_id}/{file_name}",
+    operation_id = "get_template_file",
+    tag = "templates",
+    params(
+        ("template_id" = String, Path, description = "A template id"),
+        ("file_name" = String, Path, description = "A file of the template")
+    ),
+    responses(
+        (status = 200, description = "The file as uploaded", content(("application/octet-stream"))),
+        (status = 400, description = "Invalid id or file name", body = ErrorEnvelope),
+        (status = 404, description = "No such template or file", body = ErrorEnvelope),
+        (status = 500, description = "Storage failure", body = ErrorEnvelope),
+    )
+)]
 pub async fn get_file(
     State(app): State<AppState>,
     Path((id, file)): Path<(String, String)>,
@@ -91,6 +204,20 @@ pub async fn get_file(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
+/// Delete a template and all its files.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/templates/{template_id}",
+    operation_id = "delete_template",
+    tag = "templates",
+    params(("template_id" = String, Path, description = "A template id")),
+    responses(
+        (status = 200, description = "Deleted", body = Envelope<TemplateDeleted>),
+        (status = 400, description = "Invalid template id", body = ErrorEnvelope),
+        (status = 404, description = "No such template", body = ErrorEnvelope),
+        (status = 500, description = "Storage failure", body = ErrorEnvelope),
+    )
+)]
 pub async fn delete(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -108,7 +235,9 @@ pub async fn delete(
     }
     Ok(ok(
         StatusCode::OK,
-        json!({ "template_id": id }),
+        TemplateDeleted {
+            template_id: id.to_string(),
+        },
         "template deleted",
     ))
 }

@@ -158,6 +158,12 @@ pub trait TaskQueue: Send + Sync + 'static {
     /// Whether a consumer is running.
     fn is_consuming(&self) -> bool;
 
+    /// Whether the backend reaches its broker now (RocketMQ: the name
+    /// server probe, every 2 s). The embedded queue has no connection.
+    fn is_connected(&self) -> bool {
+        true
+    }
+
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 
     /// Messages in the dead-letter queue, oldest first.

@@ -119,6 +119,10 @@ impl TaskQueue for RocketMqQueue {
         self.manager.consumer.is_consuming()
     }
 
+    fn is_connected(&self) -> bool {
+        self.manager.connection.is_connected()
+    }
+
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         self.manager.queue_stats().await
     }
