@@ -212,3 +212,189 @@ fn alert_rules_pass_promtool() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("SUCCESS: 5 rules found"), "{text}");
 }
+
+async fn scrape(s: &TestServer) -> String {
+    let r = s.http.get(s.url("/metrics")).send().await.expect("metrics");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("text")
+}
+
+/// The value of the sample whose line starts with `line_start`.
+fn sample(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandbox_memory_high_water_mark() {
+    const MIB: f64 = (1 << 20) as f64;
+    let s = TestServer::start(
+        &["chaos"],
+        "limits:\n  memory_mb: 128\n  output_mb: 64\nworker:\n  concurrency: 1\n",
+    )
+    .await;
+    s.put_template("small", "small.chaos", "ok").await;
+    s.put_template("big", "big.chaos", "big:20000000").await;
+    s.put_template("alloc", "alloc.chaos", "alloc").await;
+    let high = "export_sandbox_memory_high_water_bytes{plugin=\"chaos\"}";
+    let count = "export_sandbox_memory_peak_bytes_count{plugin=\"chaos\"}";
+
+    let id = s.submit("small", "chaos", json!({})).await;
+    assert_eq!(
+        s.wait_final(&id, Duration::from_secs(30)).await["status"],
+        "succeeded"
+    );
+    let text = scrape(&s).await;
+    let small = sample(&text, high).unwrap_or_else(|| panic!("no {high} in:\n{text}"));
+    assert!(
+        small > 0.0 && small < 20.0 * MIB,
+        "an `ok` task peaks at {small} bytes"
+    );
+    assert_eq!(sample(&text, count), Some(1.0), "{text}");
+
+    // A 20 MB document is built in the guest's memory: the mark rises past it.
+    let id = s.submit("big", "chaos", json!({})).await;
+    assert_eq!(
+        s.wait_final(&id, Duration::from_secs(30)).await["status"],
+        "succeeded"
+    );
+    let text = scrape(&s).await;
+    let big = sample(&text, high).expect("high-water mark");
+    assert!(
+        big >= 20_000_000.0,
+        "high-water mark {big} after a 20 MB document"
+    );
+    assert!(big < 128.0 * MIB, "{big}");
+    assert_eq!(sample(&text, count), Some(2.0), "{text}");
+    let sum = sample(
+        &text,
+        "export_sandbox_memory_peak_bytes_sum{plugin=\"chaos\"}",
+    )
+    .expect("histogram sum");
+    assert!(
+        sum >= small + big - 1.0,
+        "sum {sum} of peaks {small} and {big}"
+    );
+    // Buckets are in bytes (1 MiB … 4 GiB): the 20 MB task is above 16 MiB.
+    let le16 = sample(
+        &text,
+        "export_sandbox_memory_peak_bytes_bucket{plugin=\"chaos\",le=\"16777216\"}",
+    )
+    .unwrap_or_else(|| panic!("no 16 MiB bucket in:\n{text}"));
+    assert_eq!(le16, 1.0, "{text}");
+
+    // Allocating until refused: the peak is the limit, never more.
+    let id = s.submit("alloc", "chaos", json!({})).await;
+    let t = s.wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!(t["error"]["class"], "out_of_memory", "{t}");
+    let text = scrape(&s).await;
+    let oom = sample(&text, high).expect("high-water mark");
+    assert!(
+        oom > 96.0 * MIB && oom <= 128.0 * MIB,
+        "an instance that ran out of its 128 MiB peaks at {oom} bytes"
+    );
+    // A smaller task afterwards does not lower the mark.
+    let id = s.submit("small", "chaos", json!({})).await;
+    s.wait_final(&id, Duration::from_secs(30)).await;
+    let text = scrape(&s).await;
+    assert_eq!(sample(&text, high), Some(oom), "{text}");
+    assert_eq!(sample(&text, count), Some(4.0), "{text}");
+}
+
+/// Metric names in a PromQL expression: every identifier of ours.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("export_") {
+        let boundary = rest[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(tail.len());
+        if boundary {
+            out.push(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grafana_dashboard_uses_only_exported_metrics() {
+    let path = common::repo_root().join("config/grafana-dashboard.json");
+    let dash: Value = serde_json::from_slice(&std::fs::read(&path).expect("dashboard"))
+        .expect("config/grafana-dashboard.json is valid JSON");
+    assert_eq!(dash["uid"], "export-host");
+    assert!(dash["schemaVersion"].as_u64().is_some_and(|v| v >= 30));
+    let panels = dash["panels"].as_array().expect("panels");
+    let titles: BTreeSet<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for want in [
+        "Throughput",
+        "Error rate",
+        "Latency p95 / p99 by format",
+        "Queue depth",
+        "Consumer lag",
+        "In flight",
+        "Dead-letter queue",
+        "Plugin faults by kind",
+        "Sandbox memory high-water mark",
+    ] {
+        assert!(titles.contains(want), "no panel {want:?} in {titles:?}");
+    }
+    let mut used = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate panel id: {p}"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel without a query: {}", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "no metric in {expr:?}");
+            used.extend(names);
+        }
+    }
+
+    // A server after some load: successes, a permanent failure, a
+    // transient one retried into the dead-letter queue.
+    let s = TestServer::start(
+        &["chaos"],
+        "queue:\n  embedded:\n    retry_backoff_ms: 20\nrocketmq:\n  max_reconsume_times: 1\n",
+    )
+    .await;
+    s.put_template("good", "good.chaos", "ok").await;
+    s.put_template("bad", "bad.chaos", "fail-template").await;
+    s.put_template("flaky", "flaky.chaos", "fail-internal")
+        .await;
+    let mut ids = s
+        .submit_batch("good", "chaos", vec![json!({}); 5], None)
+        .await;
+    ids.push(s.submit("bad", "chaos", json!({})).await);
+    ids.push(s.submit("flaky", "chaos", json!({})).await);
+    for id in &ids {
+        s.wait_final(id, Duration::from_secs(60)).await;
+    }
+    let text = scrape(&s).await;
+    let exported: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for name in &used {
+        assert!(
+            exported.contains(name.as_str()),
+            "the dashboard queries {name}, which /metrics does not export:\n{text}"
+        );
+    }
+}

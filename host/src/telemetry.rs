@@ -4,15 +4,24 @@
 //! The window keeps one bucket per second for `window` (default 5 minutes):
 //! counts, plus up to [`SAMPLES_PER_SECOND`] end-to-end latencies per bucket
 //! for the percentiles, overall and per output format and per plugin.
+//!
+//! The sandbox reports each task's linear-memory peak with
+//! [`sandbox_memory_peak`] (a free function: the plugin host has no
+//! `Telemetry`, and the Prometheus recorder is process-wide anyway).
 
 use chrono::{DateTime, Utc};
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use utoipa::ToSchema;
+
+/// Histogram of each task's sandbox memory peak, by plugin.
+pub const SANDBOX_MEMORY_PEAK: &str = "export_sandbox_memory_peak_bytes";
+/// Gauge: the highest sandbox memory peak of any task since start, by plugin.
+pub const SANDBOX_MEMORY_HIGH_WATER: &str = "export_sandbox_memory_high_water_bytes";
 
 pub const SAMPLES_PER_SECOND: usize = 1000;
 
@@ -157,6 +166,28 @@ impl Telemetry {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 60.0,
             ])
+            .and_then(|b| {
+                // Bytes, not seconds: 1 MiB to 4 GiB.
+                let mib = |n: u64| (n << 20) as f64;
+                b.set_buckets_for_metric(
+                    Matcher::Full(SANDBOX_MEMORY_PEAK.to_string()),
+                    &[
+                        mib(1),
+                        mib(2),
+                        mib(4),
+                        mib(8),
+                        mib(16),
+                        mib(32),
+                        mib(64),
+                        mib(128),
+                        mib(256),
+                        mib(512),
+                        mib(1024),
+                        mib(2048),
+                        mib(4096),
+                    ],
+                )
+            })
             .ok()
             .and_then(|b| b.install_recorder().ok());
         Telemetry {
@@ -315,6 +346,23 @@ impl Telemetry {
             by_format: by_format.into_iter().map(|(k, s)| (k, report(s))).collect(),
             by_plugin: by_plugin.into_iter().map(|(k, s)| (k, report(s))).collect(),
         }
+    }
+}
+
+/// One task's sandbox memory peak (every linear memory of the instance,
+/// as the limiter let it grow), by plugin: a histogram sample, and the
+/// per-plugin high-water gauge raised when it is a new maximum.
+pub fn sandbox_memory_peak(plugin: &str, bytes: usize) {
+    static HIGH_WATER: OnceLock<Mutex<BTreeMap<String, usize>>> = OnceLock::new();
+    histogram!(SANDBOX_MEMORY_PEAK, "plugin" => plugin.to_string()).record(bytes as f64);
+    let mut high = HIGH_WATER
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let slot = high.entry(plugin.to_string()).or_insert(0);
+    if bytes > *slot {
+        *slot = bytes;
+        gauge!(SANDBOX_MEMORY_HIGH_WATER, "plugin" => plugin.to_string()).set(bytes as f64);
     }
 }
 

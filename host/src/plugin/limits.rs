@@ -113,12 +113,19 @@ impl TaskState {
 }
 
 /// Refuses growth past the limits and records that it did, so a trap that
-/// follows can be classified as out-of-memory.
+/// follows can be classified as out-of-memory; counts the linear memory it
+/// granted, the task's memory high-water mark.
 pub struct Limiter {
     memory_max: usize,
     table_max: usize,
     pub memory_exceeded: bool,
     pub table_exceeded: bool,
+    /// Linear memory granted to the instance so far, every memory together
+    /// (creation counts as growth from 0). Wasm memories never shrink, so
+    /// this is the peak.
+    pub memory_peak: usize,
+    /// The last growth granted, taken back if the engine then fails it.
+    last_grant: usize,
 }
 
 impl Limiter {
@@ -128,6 +135,8 @@ impl Limiter {
             table_max: limits.table_elements,
             memory_exceeded: false,
             table_exceeded: false,
+            memory_peak: 0,
+            last_grant: 0,
         }
     }
 }
@@ -135,7 +144,7 @@ impl Limiter {
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -143,7 +152,16 @@ impl ResourceLimiter for Limiter {
             self.memory_exceeded = true;
             return Ok(false);
         }
+        self.last_grant = desired.saturating_sub(current);
+        self.memory_peak += self.last_grant;
         Ok(true)
+    }
+
+    /// Granted above but refused by the engine (e.g. a pool slot is
+    /// smaller): the memory did not grow.
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_peak -= std::mem::take(&mut self.last_grant);
+        Ok(())
     }
 
     fn table_growing(

@@ -521,6 +521,7 @@ impl PluginHost {
                     .call_render(&mut store, &request)
             });
         log_stdio(store.data(), &plugin.name);
+        crate::telemetry::sandbox_memory_peak(&plugin.name, store.data().limiter.memory_peak);
         match outcome {
             Ok(Ok(doc)) if doc.bytes.len() > limits.output_bytes => Err(Fault::OutputTooLarge {
                 size: doc.bytes.len(),
