@@ -23,13 +23,19 @@
 //!   `/api/v1/queue/metrics`.
 //! * [`server`] — wires everything for `export-host serve`.
 //! * [`shutdown`] — the one shutdown signal.
+//! * [`client`] — the command-line client of a running server (`submit`,
+//!   `tasks show|watch`): HTTP only, no access to the service's internals.
+//! * [`config_check`] — `config check`: the start-up loader and validation,
+//!   the effective settings printed with secrets redacted.
 
 // rocketmq-rust's client futures and types nest deeper than the default
 // limit of 128 (its own crates and examples raise it the same way).
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod client;
 pub mod config;
+pub mod config_check;
 pub mod db;
 pub mod ids;
 pub mod plugin;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 
+use export_host::client;
 use export_host::config::Config;
 use export_host::server::{Server, plugin_host};
 use export_host::shutdown::Shutdown;
@@ -59,6 +60,103 @@ enum Command {
         #[command(subcommand)]
         command: PluginsCommand,
     },
+    /// Submit tasks to a running server: one (--data) or a JSON Lines batch
+    /// (--batch); with --wait, wait until all are final and download results.
+    Submit(SubmitArgs),
+    /// Look at tasks and the queue of a running server.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
+    /// Check config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServerArg {
+    /// Base URL of the export-host server.
+    #[arg(long, env = "EXPORT_HOST_URL", default_value = client::DEFAULT_SERVER)]
+    server: String,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["data", "batch"])))]
+struct SubmitArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Template id (for rows that do not name one).
+    #[arg(long)]
+    template: Option<String>,
+    /// Output format, e.g. txt, html, docx, pdf (for rows that do not name one).
+    #[arg(long)]
+    format: Option<String>,
+    /// Priority 0..=9, 9 most urgent (for rows that do not name one).
+    #[arg(long)]
+    priority: Option<i32>,
+    /// One task: a JSON file with the data object.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Many tasks: a JSON Lines file, one data object per line, or per line
+    /// {"template_id", "output_format", "priority", "data"} overriding the flags.
+    #[arg(long)]
+    batch: Option<PathBuf>,
+    /// Wait until every task is final, then print the summary; exit 1 if any
+    /// task failed, died or was refused.
+    #[arg(long)]
+    wait: bool,
+    /// Download results into this directory as <task id>.<extension>, plus
+    /// summary.json (needs --wait).
+    #[arg(long, requires = "wait")]
+    out: Option<PathBuf>,
+    /// Rows per batch request (the server takes at most 1000).
+    #[arg(long, default_value_t = client::submit::MAX_BATCH)]
+    chunk_size: usize,
+    /// Seconds between status polls.
+    #[arg(long, default_value_t = 0.5)]
+    poll_interval: f64,
+    /// Stop waiting after this many seconds; tasks not final count as unfinished.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Status and download requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    parallel: usize,
+    /// No progress output on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// One task's status, pretty-printed.
+    Show {
+        #[command(flatten)]
+        server: ServerArg,
+        task_id: String,
+        /// Print the server's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live queue counts, throughput and latency, refreshed until Ctrl-C.
+    Watch {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Print one snapshot and exit (for scripts).
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config as `serve` would and print the effective settings
+    /// (YAML, secrets redacted); exit 1 naming the bad key.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -228,5 +326,108 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Submit(args) => submit(args).await,
+        Command::Tasks {
+            command:
+                TasksCommand::Show {
+                    server,
+                    task_id,
+                    json,
+                },
+        } => {
+            let api = client::ApiClient::new(&server.server)?;
+            print!("{}", client::tasks::show(&api, &task_id, json).await?);
+            Ok(())
+        }
+        Command::Tasks {
+            command:
+                TasksCommand::Watch {
+                    server,
+                    interval,
+                    once,
+                },
+        } => {
+            let api = client::ApiClient::new(&server.server)?;
+            client::tasks::watch(&api, seconds("--interval", interval)?, once).await?;
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            print!("{}", export_host::config_check::check(&file)?);
+            Ok(())
+        }
     }
+}
+
+fn seconds(flag: &str, value: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{flag} must be a positive number of seconds, not {value}"))
+}
+
+async fn submit(args: SubmitArgs) -> Result<()> {
+    use client::rows;
+    let defaults = rows::Defaults {
+        template_id: args.template,
+        output_format: args.format,
+        priority: args.priority,
+    };
+    let (rows, single) = match (&args.data, &args.batch) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            let row =
+                rows::row(1, value, &defaults).with_context(|| format!("in {}", path.display()))?;
+            (vec![row], true)
+        }
+        (None, Some(path)) => (rows::read_jsonl(path, &defaults)?, false),
+        (None, None) => bail!("give --data FILE or --batch FILE"),
+    };
+    let opts = client::submit::SubmitOptions {
+        wait: args.wait,
+        out: args.out,
+        chunk_size: args.chunk_size,
+        poll_interval: seconds("--poll-interval", args.poll_interval)?,
+        timeout: args.timeout.map(|t| seconds("--timeout", t)).transpose()?,
+        parallel: args.parallel,
+        progress: if args.quiet {
+            client::progress::Mode::Quiet
+        } else {
+            client::progress::Mode::Auto
+        },
+        single,
+    };
+    let api = client::ApiClient::new(&args.server.server)?;
+    let summary = client::submit::run(&api, &rows, &opts).await?;
+    if opts.wait {
+        if let Some(dir) = &opts.out {
+            summary
+                .write_json(dir)
+                .with_context(|| format!("writing the summary into {}", dir.display()))?;
+        }
+        print!("{}", summary.table());
+    } else {
+        // Scripts read the ids of the queued tasks, one per line, in input order.
+        for t in &summary.tasks {
+            if let Some(id) = &t.task_id {
+                println!("{id}");
+            }
+        }
+        if !summary.all_ok() {
+            eprint!("{}", summary.table());
+        }
+    }
+    std::io::stdout().flush()?;
+    if !summary.all_ok() {
+        bail!(
+            "{} of {} tasks did not succeed",
+            summary.not_ok(),
+            summary.tasks.len()
+        );
+    }
+    Ok(())
 }
