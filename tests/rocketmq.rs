@@ -431,3 +431,136 @@ async fn unreachable_name_server_is_a_clear_startup_error() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+/// `serve --role api` and `--role worker` as separate processes that share
+/// only the broker and one templates/results directory: tasks accepted by
+/// an API process are rendered by the worker, and every API process (a
+/// second one, and one that was down meanwhile) reports them.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_and_worker_processes_cooperate() {
+    let broker = tokio::task::spawn_blocking(Broker::shared)
+        .await
+        .expect("broker");
+    let (topic, group) = (unique("roles"), unique("roles_consumer"));
+    let shared = tempfile::tempdir().expect("shared dir");
+    let yaml = |role: &str, instance: &str| {
+        rocketmq_yaml(
+            &broker.name_server,
+            &topic,
+            &group,
+            &format!(
+                "  max_reconsume_times: 3\nserver:\n  role: {role}\n  instance_id: {instance}\nstorage:\n  shared_dir: \"{}\"\n",
+                shared.path().display()
+            ),
+        )
+    };
+    let api = TestServer::start(&["text", "chaos"], &yaml("api", "api-1")).await;
+    let mut api2 = TestServer::start(&["text", "chaos"], &yaml("api", "api-2")).await;
+
+    // An API process does not consume, and is ready without a consumer.
+    let (status, ready) = api.get_json("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    let (_, queue) = api.get_json("/api/v1/queue/status").await;
+    assert_eq!(
+        queue["data"]["components"]["consumer_consuming"], false,
+        "{queue}"
+    );
+
+    api.put_template("n", "n.txt", "n={{ n }}").await;
+    api.put_template("bad", "bad.chaos", "fail-template").await;
+    api.put_template("flaky", "flaky.chaos", "fail-until:2")
+        .await;
+    let ids = api
+        .submit_batch(
+            "n",
+            "txt",
+            (0..40).map(|n| json!({ "n": n })).collect(),
+            None,
+        )
+        .await;
+    let bad = api.submit("bad", "chaos", json!({})).await;
+    let flaky = api.submit("flaky", "chaos", json!({})).await;
+
+    // No worker yet: the tasks wait, and the second API process knows them
+    // from the announcements on the status topic.
+    let t = wait_known(&api2, &ids[0]).await;
+    assert_eq!(t["data"]["status"], "queued", "{t}");
+    let (_, t) = api.get_json(&format!("/api/v1/tasks/{}", ids[0])).await;
+    assert_eq!(t["data"]["status"], "queued", "{t}");
+
+    let worker = TestServer::start(&["text", "chaos"], &yaml("worker", "unused")).await;
+    // The worker's HTTP side: probes and monitoring, not tasks.
+    let (status, body) = worker.get_json(&format!("/api/v1/tasks/{}", ids[0])).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--role worker"),
+        "{body}"
+    );
+    let (status, body) = worker.get_json("/ready").await;
+    assert_eq!(status, 200, "{body}");
+
+    for (n, id) in ids.iter().enumerate() {
+        for s in [&api, &api2] {
+            let t = s.wait_final(id, Duration::from_secs(120)).await;
+            assert_eq!(t["status"], "succeeded", "{t}\n{}", worker.log());
+            let body = s.result(id).await.text().await.expect("result");
+            assert_eq!(body, format!("n={n}"));
+        }
+    }
+    for s in [&api, &api2] {
+        let t = s.wait_final(&bad, Duration::from_secs(60)).await;
+        assert_eq!(t["status"], "failed", "{t}");
+        assert_eq!(t["error"]["class"], "bad_template", "{t}");
+        let t = s.wait_final(&flaky, Duration::from_secs(60)).await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+        assert_eq!(
+            t["attempts"], 2,
+            "one retry, seen by every API process: {t}"
+        );
+    }
+
+    // An API process that is down misses nothing: it resumes from its
+    // consumer group's offset on the status topic.
+    api2.kill9();
+    let later = api
+        .submit_batch(
+            "n",
+            "txt",
+            (100..120).map(|n| json!({ "n": n })).collect(),
+            None,
+        )
+        .await;
+    for id in &later {
+        let t = api.wait_final(id, Duration::from_secs(60)).await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+    }
+    api2.restart();
+    for (i, id) in later.iter().enumerate() {
+        wait_known(&api2, id).await;
+        let t = api2.wait_final(id, Duration::from_secs(60)).await;
+        assert_eq!(t["status"], "succeeded", "{t}\n{}", api2.log());
+        let body = api2.result(id).await.text().await.expect("result");
+        assert_eq!(body, format!("n={}", 100 + i));
+    }
+}
+
+/// Poll until `s` knows the task (an API process learns tasks accepted
+/// elsewhere from the status topic); returns the status response.
+async fn wait_known(s: &TestServer, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, t) = s.get_json(&format!("/api/v1/tasks/{id}")).await;
+        if status == 200 {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} still unknown: {t}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -46,13 +46,47 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on, `host:port`; port 0 picks a free port.
     pub listen: String,
+    /// What this process runs: `all` (API and worker), `api` (accepts and
+    /// answers, does not render) or `worker` (renders, serves only health,
+    /// metrics and monitoring). Split roles need `queue.backend: rocketmq`
+    /// and one `storage.shared_dir` seen by every process.
+    pub role: Role,
+    /// Name of this API process among several (`role: api`): it names the
+    /// consumer group that feeds the process's task store from the status
+    /// topic, so it must be unique per API process and stable across its
+    /// restarts.
+    pub instance_id: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:8000".into(),
+            role: Role::All,
+            instance_id: "api-1".into(),
         }
+    }
+}
+
+/// The part of the service a process runs (`serve --role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// HTTP API and worker in one process.
+    #[default]
+    All,
+    /// HTTP API only: publishes tasks, learns their status from workers.
+    Api,
+    /// Worker only: consumes and renders tasks, reports status.
+    Worker,
+}
+
+impl Role {
+    pub fn runs_api(self) -> bool {
+        self != Role::Worker
+    }
+    pub fn runs_worker(self) -> bool {
+        self != Role::Api
     }
 }
 
@@ -102,14 +136,20 @@ impl Default for EmbeddedQueueConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Queue database, task database, templates and results live here.
+    /// Queue database, task database and plugin cache live here (and
+    /// templates and results, unless `shared_dir` is set).
     pub data_dir: PathBuf,
+    /// Templates and results, when they must be shared by API and worker
+    /// processes on different machines (a network file system mount).
+    /// Defaults to `data_dir`.
+    pub shared_dir: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("data"),
+            shared_dir: None,
         }
     }
 }
@@ -288,6 +328,29 @@ impl Config {
                 format!("{:?} is not host:port", self.server.listen),
             ));
         }
+        if self.server.role != Role::All && self.backend() != Backend::Rocketmq {
+            return Err(invalid(
+                "server.role",
+                format!(
+                    "{:?} needs queue.backend `rocketmq`: the embedded queue lives inside one process",
+                    self.server.role
+                )
+                .to_lowercase(),
+            ));
+        }
+        if !self
+            .server
+            .instance_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || self.server.instance_id.is_empty()
+            || self.server.instance_id.len() > 64
+        {
+            return Err(invalid(
+                "server.instance_id",
+                "must be 1-64 characters of A-Z, a-z, 0-9, `-` and `_`",
+            ));
+        }
         match (self.queue.backend, self.rocketmq.enabled) {
             (Some(Backend::Embedded), true) => {
                 return Err(invalid(
@@ -400,6 +463,15 @@ impl Config {
                 .unwrap_or(2),
             n => n,
         }
+    }
+
+    /// Where templates and results live (`storage.shared_dir`, else
+    /// `storage.data_dir`).
+    pub fn shared_dir(&self) -> PathBuf {
+        self.storage
+            .shared_dir
+            .clone()
+            .unwrap_or_else(|| self.storage.data_dir.clone())
     }
 
     pub fn plugin_cache_dir(&self) -> PathBuf {

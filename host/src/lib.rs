@@ -14,6 +14,8 @@
 //! * [`queue`] — the `TaskQueue` trait and its backends (`embedded`, durable
 //!   SQLite; `rocketmq`, Apache RocketMQ).
 //! * [`worker`] — the queue's handler: one task in, a result or a failure out.
+//! * [`status`] — task status events from the worker to the task store:
+//!   direct in one process, over the RocketMQ status topic between roles.
 //! * [`plugin`] — the wasmtime sandbox: loading and hot reload, limits,
 //!   fault classes, fonts, captured stdio.
 //! * [`store`] — task records, result files and template bundles.
@@ -42,6 +44,7 @@ pub mod plugin;
 pub mod queue;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

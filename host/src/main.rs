@@ -37,6 +37,10 @@ enum Command {
         /// Override `plugins.dir`.
         #[arg(long)]
         plugins: Option<PathBuf>,
+        /// Override `server.role`: `api` and `worker` processes can run on
+        /// different machines against one RocketMQ cluster.
+        #[arg(long, value_enum)]
+        role: Option<export_host::config::Role>,
     },
     /// Render one document offline, through the same sandbox and limits.
     Render {
@@ -210,8 +214,12 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             data_dir,
             plugins,
+            role,
         } => {
             let mut config = load_config(config.as_ref())?;
+            if let Some(r) = role {
+                config.server.role = r;
+            }
             if let Some(l) = listen {
                 config.server.listen = l;
             }
@@ -235,7 +243,8 @@ async fn run(cli: Cli) -> Result<()> {
                 .into_iter()
                 .map(|f| f.name)
                 .collect();
-            tracing::info!(addr = %server.addr, ?backend, ?formats, "export-host serving");
+            let role = server.state.config.server.role;
+            tracing::info!(addr = %server.addr, ?backend, ?role, ?formats, "export-host serving");
             // One machine-readable line on stdout for scripts and tests.
             println!("export-host listening on http://{}", server.addr);
             std::io::stdout().flush()?;

@@ -1,16 +1,23 @@
 //! Wires the parts together for `export-host serve`: config → store, queue,
 //! plugins → worker (consumer) and HTTP API, then runs until shutdown.
+//!
+//! What runs depends on `server.role`: `all` wires the worker straight to
+//! the task store; `api` publishes tasks and follows their status on the
+//! RocketMQ status topic; `worker` consumes, renders, writes results into
+//! the shared directory and publishes status (its HTTP side serves health,
+//! readiness, metrics and queue monitoring only).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::api::{self, AppState};
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, Role};
 use crate::plugin::{Limits, PluginHost, SandboxConfig};
 use crate::queue::TaskQueue;
 use crate::queue::embedded::EmbeddedQueue;
 use crate::queue::rocketmq::RocketMqQueue;
 use crate::shutdown::Shutdown;
+use crate::status::{Announcing, LocalStatus, PublishedStatus, StatusSink};
 use crate::store::TaskStore;
 use crate::store::templates::TemplateStore;
 use crate::telemetry::Telemetry;
@@ -34,8 +41,6 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("the {0} queue backend is not available in this build yet")]
-    Backend(&'static str),
     #[error("server: {0}")]
     Serve(std::io::Error),
 }
@@ -64,46 +69,79 @@ impl Server {
     /// Open everything, start consuming and listening; returns once the
     /// socket is bound.
     pub async fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServeError> {
+        let role = config.server.role;
         let data_dir = config.storage.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
+        let shared_dir = config.shared_dir();
+        for dir in [&data_dir, &shared_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let sync = config.queue.embedded.sync;
-        let store = TaskStore::open(&data_dir, sync)?;
-        let templates = TemplateStore::open(&data_dir).map_err(|source| ServeError::DataDir {
-            path: data_dir.clone(),
+        let store = TaskStore::open(&data_dir, &shared_dir, sync)?;
+        let templates = TemplateStore::open(&shared_dir).map_err(|source| ServeError::DataDir {
+            path: shared_dir.clone(),
             source,
         })?;
         let plugins = Arc::new(tokio::task::block_in_place(|| plugin_host(&config))?);
         if config.plugins.watch {
             plugins.watch(config.plugins.dir.clone());
         }
-        let queue: Arc<dyn TaskQueue> = match config.backend() {
-            Backend::Embedded => Arc::new(
-                EmbeddedQueue::open(
-                    &data_dir.join("queue.db"),
-                    config.queue.embedded.clone(),
-                    config.max_attempts(),
-                    std::time::Duration::from_secs(config.rocketmq.consume_timeout * 60),
-                )
-                .await?,
+        let local: Arc<dyn StatusSink> = Arc::new(LocalStatus(store.clone()));
+        let mut subscription = None;
+        let (queue, status): (Arc<dyn TaskQueue>, Arc<dyn StatusSink>) = match config.backend() {
+            Backend::Embedded => (
+                Arc::new(
+                    EmbeddedQueue::open(
+                        &data_dir.join("queue.db"),
+                        config.queue.embedded.clone(),
+                        config.max_attempts(),
+                        std::time::Duration::from_secs(config.rocketmq.consume_timeout * 60),
+                    )
+                    .await?,
+                ),
+                local,
             ),
             Backend::Rocketmq => {
                 // Boxed: the client's futures are too deeply nested to be
                 // inlined into every caller's future.
-                Arc::new(Box::pin(RocketMqQueue::connect(config.rocketmq.clone())).await?)
+                let rocketmq =
+                    Arc::new(Box::pin(RocketMqQueue::connect(config.rocketmq.clone())).await?);
+                match role {
+                    Role::All => (rocketmq, local),
+                    Role::Api => {
+                        let topic = rocketmq.status_topic().await?;
+                        subscription = Some(
+                            topic
+                                .subscribe(&config.server.instance_id, store.clone())
+                                .await?,
+                        );
+                        let queue = Arc::new(Announcing {
+                            inner: rocketmq,
+                            events: Arc::new(topic),
+                        });
+                        (queue, local)
+                    }
+                    Role::Worker => {
+                        let topic = Arc::new(rocketmq.status_topic().await?);
+                        (rocketmq, Arc::new(PublishedStatus(topic)))
+                    }
+                }
             }
         };
         let telemetry = Arc::new(Telemetry::new(std::time::Duration::from_secs(300)));
         let worker: Arc<dyn crate::queue::TaskHandler> = Arc::new(Worker {
             store: store.clone(),
+            status,
             templates: templates.clone(),
             plugins: plugins.clone(),
             telemetry: telemetry.clone(),
         });
         let concurrency = config.worker_concurrency();
-        queue.start_consuming(worker.clone(), concurrency).await?;
+        if role.runs_worker() {
+            queue.start_consuming(worker.clone(), concurrency).await?;
+        }
 
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await
@@ -122,7 +160,10 @@ impl Server {
             handler: worker,
             concurrency,
         };
-        let app = api::router(state.clone());
+        let mut app = api::router(state.clone());
+        if !role.runs_api() {
+            app = app.layer(axum::middleware::from_fn(worker_only));
+        }
         let task = tokio::spawn(async move {
             let down = shutdown.clone();
             axum::serve(listener, app)
@@ -131,6 +172,9 @@ impl Server {
                 .map_err(ServeError::Serve)?;
             tracing::info!("HTTP stopped; finishing tasks in flight");
             queue.stop_consuming().await;
+            if let Some(s) = subscription.as_ref() {
+                s.stop().await;
+            }
             Ok(())
         });
         Ok(Server { addr, state, task })
@@ -142,4 +186,25 @@ impl Server {
             .await
             .map_err(|e| ServeError::Serve(std::io::Error::other(e)))?
     }
+}
+
+/// A worker process answers the task and template endpoints with 404 and
+/// says where they are: its HTTP side is for probes and monitoring.
+async fn worker_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    let api_only = ["/api/v1/export", "/api/v1/tasks", "/api/v1/templates"];
+    if api_only
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+    {
+        return api::error::ApiError::not_found(
+            "this process runs `--role worker`: send task and template requests to an API process",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }

@@ -1,7 +1,8 @@
 //! The worker: turns one delivered task message into a stored result or a
 //! recorded failure, and tells the queue what to do with the message.
-//! It knows the store, the templates and the plugin sandbox; it does not
-//! know which queue backend delivered the message.
+//! It knows the result files, the templates, the plugin sandbox and a
+//! [`StatusSink`] it reports to; it does not know which queue backend
+//! delivered the message, nor whether the task store is in this process.
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -10,12 +11,16 @@ use tracing::Instrument;
 
 use crate::plugin::{Fault, PluginHost, Rendered, Retry};
 use crate::queue::{Delivery, Disposition, TaskHandler};
+use crate::status::{EventKind, Start, StatusSink, TaskEvent};
 use crate::store::templates::{TemplateError, TemplateStore};
 use crate::store::{TaskError, TaskStatus, TaskStore};
 use crate::telemetry::Telemetry;
 
 pub struct Worker {
+    /// Where result files are written.
     pub store: TaskStore,
+    /// Where status changes are reported.
+    pub status: Arc<dyn StatusSink>,
     pub templates: TemplateStore,
     pub plugins: Arc<PluginHost>,
     pub telemetry: Arc<Telemetry>,
@@ -40,16 +45,16 @@ impl TaskHandler for Worker {
 impl Worker {
     async fn run(&self, d: &Delivery) -> Disposition {
         let m = &d.message;
-        match self.store.start(&m.task_id, d.attempt).await {
-            Ok(Some(before)) if before.is_final() => {
+        match self.status.started(m, d.attempt).await {
+            Ok(Start::AlreadyFinal(before)) => {
                 tracing::info!(
                     status = before.as_str(),
                     "duplicate delivery of a finished task; acknowledged"
                 );
                 return Disposition::Ack;
             }
-            Ok(Some(_)) => {}
-            Ok(None) => {
+            Ok(Start::Proceed) => {}
+            Ok(Start::Unknown) => {
                 tracing::warn!("message for a task this store does not know; dropped");
                 return Disposition::Dead {
                     reason: "unknown task".into(),
@@ -57,7 +62,7 @@ impl Worker {
             }
             Err(e) => {
                 return Disposition::Retry {
-                    reason: format!("task store: {e}"),
+                    reason: format!("reporting the start: {e}"),
                 };
             }
         }
@@ -73,17 +78,7 @@ impl Worker {
         let (status, disposition) = match outcome {
             Ok(doc) => {
                 let size = doc.bytes.len();
-                match self
-                    .store
-                    .succeed(
-                        &m.tenant,
-                        &m.task_id,
-                        doc.bytes,
-                        doc.media_type,
-                        doc.extension,
-                    )
-                    .await
-                {
+                match self.succeed(d, doc).await {
                     Ok(()) => {
                         tracing::info!(elapsed_ms, size, "task succeeded");
                         ("succeeded", Disposition::Ack)
@@ -110,6 +105,24 @@ impl Worker {
             elapsed,
         );
         disposition
+    }
+
+    /// Write the result file, then report success.
+    async fn succeed(&self, d: &Delivery, doc: Rendered) -> Result<(), String> {
+        let m = &d.message;
+        let result = self
+            .store
+            .write_result(
+                &m.tenant,
+                &m.task_id,
+                doc.bytes,
+                doc.media_type,
+                doc.extension,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let event = TaskEvent::new(m, d.attempt, EventKind::Succeeded { result });
+        self.status.finished(event).await.map_err(|e| e.to_string())
     }
 
     async fn render(&self, d: &Delivery) -> Result<Rendered, Fault> {
@@ -184,7 +197,8 @@ impl Worker {
             message: reason,
             retryable: status == TaskStatus::Queued,
         };
-        match self.store.fail(&d.message.task_id, status, error).await {
+        let event = TaskEvent::new(&d.message, d.attempt, EventKind::Failed { status, error });
+        match self.status.finished(event).await {
             Ok(()) if status == TaskStatus::Queued => ("retry", disposition),
             Ok(()) => (status.as_str(), disposition),
             Err(e) => (

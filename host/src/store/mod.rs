@@ -1,6 +1,9 @@
 //! What the service remembers about tasks: status records in SQLite
-//! (`tasks.db`) and result files under `results/<tenant>/`. Templates live
-//! in [`templates`].
+//! (`tasks.db`, in the data directory) and result files under
+//! `results/<tenant>/` (in the shared directory, which is the data
+//! directory unless split roles need another). Templates live in
+//! [`templates`]. Status changes arrive as [`TaskEvent`]s
+//! ([`TaskStore::apply`]).
 
 pub mod templates;
 
@@ -13,6 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::config::SyncMode;
 use crate::db::{Db, DbError};
 use crate::ids::{TaskId, TenantId};
+use crate::status::{EventKind, TaskEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -25,7 +29,7 @@ pub enum StoreError {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Queued,
@@ -73,7 +77,7 @@ pub struct NewTask {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TaskError {
     /// Fault class, e.g. `timeout`, `bad_template`, `trap`.
     pub class: String,
@@ -82,7 +86,7 @@ pub struct TaskError {
     pub retryable: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ResultMeta {
     pub size: u64,
     pub media_type: String,
@@ -147,8 +151,14 @@ pub struct TaskStore {
 }
 
 impl TaskStore {
-    pub fn open(data_dir: &Path, sync: SyncMode) -> Result<TaskStore, StoreError> {
-        let results = data_dir.join("results");
+    /// Open `tasks.db` in `data_dir`; result files go under
+    /// `shared_dir/results`.
+    pub fn open(
+        data_dir: &Path,
+        shared_dir: &Path,
+        sync: SyncMode,
+    ) -> Result<TaskStore, StoreError> {
+        let results = shared_dir.join("results");
         std::fs::create_dir_all(&results).map_err(|source| StoreError::Io {
             path: results.clone(),
             source,
@@ -217,15 +227,17 @@ impl TaskStore {
             .await?)
     }
 
-    /// Write the result file durably, then record success.
-    pub async fn succeed(
+    /// Write a result file (atomically; fsynced with `sync: full`) where
+    /// [`Self::result_path`] finds it. Rendering the same task twice writes
+    /// the same path, so a duplicate delivery leaves one file.
+    pub async fn write_result(
         &self,
         tenant: &TenantId,
         id: &TaskId,
         bytes: Vec<u8>,
         media_type: String,
         extension: String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ResultMeta, StoreError> {
         let path = self.result_path(tenant, id, &extension);
         let size = bytes.len() as u64;
         let write_path = path.clone();
@@ -237,35 +249,24 @@ impl TaskStore {
                 source: std::io::Error::other(e),
             })?
             .map_err(|source| StoreError::Io { path, source })?;
-        let id = id.to_string();
-        self.db
-            .write(move |c| {
-                c.execute(
-                    "UPDATE tasks SET status = 'succeeded', finished_at = ?2, result_size = ?3, media_type = ?4,
-                     extension = ?5, error_class = NULL, error_message = NULL, retryable = NULL WHERE task_id = ?1",
-                    params![id, ms(Utc::now()), size as i64, media_type, extension],
-                )
-            })
-            .await?;
-        Ok(())
+        Ok(ResultMeta {
+            size,
+            media_type,
+            extension,
+        })
     }
 
-    /// Record a failure; `status` is `Queued` (will retry), `Failed` or `Dead`.
-    pub async fn fail(
-        &self,
-        id: &TaskId,
-        status: TaskStatus,
-        error: TaskError,
-    ) -> Result<(), StoreError> {
-        let id = id.to_string();
+    /// Apply status events in one transaction. A task unknown here is
+    /// created from the event's header. An event changes a task only if it
+    /// moves it forward (see [`TaskEvent::rank`]) and never replaces a
+    /// final status, so duplicates and reordering are harmless.
+    pub async fn apply(&self, events: Vec<TaskEvent>) -> Result<(), StoreError> {
         self.db
             .write(move |c| {
-                let finished = status.is_final().then(|| ms(Utc::now()));
-                c.execute(
-                    "UPDATE tasks SET status = ?2, error_class = ?3, error_message = ?4, retryable = ?5, finished_at = ?6
-                     WHERE task_id = ?1 AND status != 'succeeded'",
-                    params![id, status.as_str(), error.class, error.message, error.retryable, finished],
-                )
+                for e in &events {
+                    apply_one(c, e)?;
+                }
+                Ok(())
             })
             .await?;
         Ok(())
@@ -349,6 +350,76 @@ impl TaskStore {
             .join(tenant.as_str())
             .join(format!("{id}.{extension}"))
     }
+}
+
+fn apply_one(c: &rusqlite::Connection, e: &TaskEvent) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO tasks (task_id, tenant, template_id, output_format, priority, status, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+    )?
+    .execute(params![
+        e.task_id,
+        e.tenant,
+        e.template_id,
+        e.output_format,
+        e.priority,
+        ms(e.created_at)
+    ])?;
+    let (status, attempts, failed): (String, u32, bool) = c
+        .prepare_cached(
+            "SELECT status, attempts, error_class IS NOT NULL FROM tasks WHERE task_id = ?1",
+        )?
+        .query_row([&e.task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let status = TaskStatus::parse(&status);
+    let stored_rank = match status {
+        _ if status.is_final() => return Ok(()),
+        TaskStatus::Running => 1,
+        _ if failed => 2,
+        _ => 0,
+    };
+    if e.rank() <= (attempts, stored_rank) {
+        return Ok(());
+    }
+    let at = ms(e.at);
+    match &e.kind {
+        EventKind::Accepted => {}
+        EventKind::Started => {
+            c.prepare_cached("UPDATE tasks SET status = 'running', attempts = ?2, started_at = ?3 WHERE task_id = ?1")?
+                .execute(params![e.task_id, e.attempt, at])?;
+        }
+        EventKind::Succeeded { result } => {
+            c.prepare_cached(
+                "UPDATE tasks SET status = 'succeeded', attempts = max(attempts, ?2), finished_at = ?3, result_size = ?4,
+                 media_type = ?5, extension = ?6, error_class = NULL, error_message = NULL, retryable = NULL
+                 WHERE task_id = ?1",
+            )?
+            .execute(params![
+                e.task_id,
+                e.attempt,
+                at,
+                result.size as i64,
+                result.media_type,
+                result.extension
+            ])?;
+        }
+        EventKind::Failed { status, error } => {
+            let finished = status.is_final().then_some(at);
+            c.prepare_cached(
+                "UPDATE tasks SET status = ?2, attempts = max(attempts, ?3), error_class = ?4, error_message = ?5,
+                 retryable = ?6, finished_at = ?7 WHERE task_id = ?1",
+            )?
+            .execute(params![
+                e.task_id,
+                status.as_str(),
+                e.attempt,
+                error.class,
+                error.message,
+                error.retryable,
+                finished
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 /// Write to a temporary file, fsync, rename over `path`.

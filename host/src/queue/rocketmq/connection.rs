@@ -161,6 +161,9 @@ pub struct Names {
     pub producer_group: String,
     /// Group of the pull consumer that reads dead letters back.
     pub reader_group: String,
+    /// `<topic>_STATUS`: task status events from workers to API processes
+    /// (split roles only).
+    pub status_topic: String,
 }
 
 impl Names {
@@ -178,7 +181,18 @@ impl Names {
             high_dlq: wrap(format!("%DLQ%{high_group}")),
             producer_group: wrap(cfg.producer_group.clone()),
             reader_group: wrap(format!("{group}_DLQ_READER")),
+            status_topic: wrap(format!("{}_STATUS", cfg.topic)),
         }
+    }
+
+    /// Consumer group of the API process `instance` on the status topic.
+    pub fn status_group(&self, cfg: &RocketMqConfig, instance: &str) -> String {
+        let ns = cfg.namespace.clone().unwrap_or_default();
+        NamespaceUtil::wrap_namespace(
+            ns.as_str(),
+            format!("{}_STATUS_{instance}", cfg.consumer_group),
+        )
+        .to_string()
     }
 
     pub fn retry_topic(group: &str) -> String {

@@ -11,6 +11,8 @@
 //!   read from the broker; local performance metrics.
 //! * [`manager`] — `RocketMQManager`: owns the four and is what
 //!   [`RocketMqQueue`] (the [`TaskQueue`] implementation) delegates to.
+//! * [`status`] — the status topic between worker and API processes when
+//!   they run apart (`serve --role`).
 //!
 //! # Priority
 //!
@@ -29,6 +31,7 @@ pub mod consumer;
 pub mod manager;
 pub mod monitor;
 pub mod producer;
+pub mod status;
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -78,6 +81,15 @@ impl RocketMqQueue {
 
     pub fn manager(&self) -> &RocketMqManager {
         &self.manager
+    }
+
+    /// The status topic (created if missing), for split roles.
+    pub async fn status_topic(&self) -> Result<status::StatusTopic, QueueError> {
+        status::StatusTopic::open(
+            self.manager.connection.clone(),
+            self.manager.producer.clone(),
+        )
+        .await
     }
 
     /// Stop consuming and close every client.

@@ -250,6 +250,35 @@ impl RocketMqProducer {
             .map_err(|e| QueueError::Unavailable(format!("RocketMQ send failed: {e}")))
     }
 
+    /// Send messages that are not tasks (status events): in batches of one
+    /// topic, without counting them in the task send metrics.
+    pub async fn send_other(&self, msgs: Vec<Message>) -> Result<(), QueueError> {
+        let producer = self.handle().await?;
+        let timeout = self.send_timeout;
+        let mut rest = msgs;
+        while !rest.is_empty() {
+            let chunk: Vec<Message> = rest.drain(..rest.len().min(BATCH_MAX_MESSAGES)).collect();
+            let producer = producer.clone();
+            let result = ClientEnv::get()?
+                .run(async move {
+                    if chunk.len() == 1 {
+                        let msg = chunk.into_iter().next().expect("one message");
+                        check_sent(producer.send_with_timeout(msg, timeout).await)
+                    } else {
+                        check(producer.send_batch_with_timeout(chunk, timeout).await)
+                    }
+                })
+                .await?;
+            if let Err(QueueError::Unavailable(m)) = &result {
+                if m.contains("connection") || m.contains("ircuit") {
+                    self.failed.notify_one();
+                }
+            }
+            result?;
+        }
+        Ok(())
+    }
+
     /// Publish a copy of `original` to `%DLQ%<consumer_group>` with the
     /// reason and the number of attempts as properties.
     pub async fn send_dead_letter(

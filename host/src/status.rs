@@ -1,0 +1,418 @@
+//! Task status events: what a worker reports about a task (started,
+//! succeeded, failed) and where the report goes.
+//!
+//! In one process (`--role all`) the worker writes straight into the task
+//! store ([`LocalStatus`]). With split roles the worker publishes
+//! [`TaskEvent`]s to the RocketMQ status topic and every API process
+//! applies them to its own task store
+//! ([`crate::queue::rocketmq::status`]); API processes also announce the
+//! tasks they accept ([`Announcing`]) so any of them can answer for any
+//! task. Events may arrive out of order or twice: [`TaskEvent::rank`]
+//! orders them, and the store applies an event only if it moves a task
+//! forward.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use crate::queue::{DeadLetter, QueueError, QueueStats, TaskHandler, TaskMessage, TaskQueue};
+use crate::store::{ResultMeta, StoreError, TaskError, TaskStatus, TaskStore};
+
+/// Version of the event schema on the status topic.
+pub const EVENT_VERSION: u32 = 1;
+
+/// One change of a task's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub v: u32,
+    pub task_id: String,
+    pub tenant: String,
+    pub template_id: String,
+    pub output_format: String,
+    pub priority: i32,
+    pub created_at: DateTime<Utc>,
+    /// Delivery the event belongs to (0 for `accepted`).
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// Accepted by an API process; waiting in the queue.
+    Accepted,
+    /// A worker began rendering (attempt `attempt`).
+    Started,
+    Succeeded {
+        result: ResultMeta,
+    },
+    /// `status` is `queued` (will be retried), `failed` or `dead`.
+    Failed {
+        status: TaskStatus,
+        error: TaskError,
+    },
+}
+
+impl TaskEvent {
+    pub fn new(m: &TaskMessage, attempt: u32, kind: EventKind) -> TaskEvent {
+        TaskEvent {
+            v: EVENT_VERSION,
+            task_id: m.task_id.to_string(),
+            tenant: m.tenant.to_string(),
+            template_id: m.template_id.to_string(),
+            output_format: m.output_format.clone(),
+            priority: m.priority,
+            created_at: m.created_at,
+            attempt,
+            at: Utc::now(),
+            kind,
+        }
+    }
+
+    /// The status the task has after this event.
+    pub fn status(&self) -> TaskStatus {
+        match &self.kind {
+            EventKind::Accepted => TaskStatus::Queued,
+            EventKind::Started => TaskStatus::Running,
+            EventKind::Succeeded { .. } => TaskStatus::Succeeded,
+            EventKind::Failed { status, .. } => *status,
+        }
+    }
+
+    /// Order of events of one task: by attempt, then accepted < started <
+    /// failed-and-queued-again < final. A final status is never replaced.
+    pub fn rank(&self) -> (u32, u8) {
+        let r = match &self.kind {
+            EventKind::Accepted => 0,
+            EventKind::Started => 1,
+            EventKind::Failed {
+                status: TaskStatus::Queued,
+                ..
+            } => 2,
+            _ => 3,
+        };
+        (self.attempt, r)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<TaskEvent, String> {
+        let e: TaskEvent = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if e.v != EVENT_VERSION {
+            return Err(format!(
+                "status event version {} (this host reads {EVENT_VERSION})",
+                e.v
+            ));
+        }
+        Ok(e)
+    }
+}
+
+/// What [`StatusSink::started`] found out about a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Render it.
+    Proceed,
+    /// The task already ended with this status: acknowledge the duplicate.
+    AlreadyFinal(TaskStatus),
+    /// No such task (its submission was rolled back): drop the message.
+    Unknown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("status topic: {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// Where a worker reports task status.
+#[async_trait]
+pub trait StatusSink: Send + Sync + 'static {
+    /// A delivery is about to be rendered.
+    async fn started(&self, m: &TaskMessage, attempt: u32) -> Result<Start, StatusError>;
+    /// The delivery ended (`Succeeded` or `Failed`).
+    async fn finished(&self, event: TaskEvent) -> Result<(), StatusError>;
+}
+
+/// The worker and the API share one process and one task store.
+pub struct LocalStatus(pub TaskStore);
+
+#[async_trait]
+impl StatusSink for LocalStatus {
+    async fn started(&self, m: &TaskMessage, attempt: u32) -> Result<Start, StatusError> {
+        Ok(match self.0.start(&m.task_id, attempt).await? {
+            None => Start::Unknown,
+            Some(before) if before.is_final() => Start::AlreadyFinal(before),
+            Some(_) => Start::Proceed,
+        })
+    }
+
+    async fn finished(&self, event: TaskEvent) -> Result<(), StatusError> {
+        self.0.apply(vec![event]).await?;
+        Ok(())
+    }
+}
+
+/// Something that carries events to other processes (the status topic).
+#[async_trait]
+pub trait EventPublisher: Send + Sync + 'static {
+    async fn publish_events(&self, events: Vec<TaskEvent>) -> Result<(), QueueError>;
+}
+
+/// A worker process without the task store: every report is published.
+/// Duplicate deliveries cannot be recognised here; they render again,
+/// overwrite the same result file with the same bytes, and their events
+/// change nothing in the API's store.
+pub struct PublishedStatus(pub Arc<dyn EventPublisher>);
+
+#[async_trait]
+impl StatusSink for PublishedStatus {
+    async fn started(&self, m: &TaskMessage, attempt: u32) -> Result<Start, StatusError> {
+        self.0
+            .publish_events(vec![TaskEvent::new(m, attempt, EventKind::Started)])
+            .await?;
+        Ok(Start::Proceed)
+    }
+
+    async fn finished(&self, event: TaskEvent) -> Result<(), StatusError> {
+        Ok(self.0.publish_events(vec![event]).await?)
+    }
+}
+
+/// The queue of an API process in split roles: publishes tasks as the
+/// inner queue does, then announces them on the status topic so that other
+/// API processes know them before a worker starts them. The announcement
+/// is best effort: the task is accepted once the inner publish succeeded,
+/// and the worker's events carry the whole task header anyway.
+pub struct Announcing {
+    pub inner: Arc<dyn TaskQueue>,
+    pub events: Arc<dyn EventPublisher>,
+}
+
+#[async_trait]
+impl TaskQueue for Announcing {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn publish(&self, batch: Vec<TaskMessage>) -> Result<(), QueueError> {
+        let events: Vec<TaskEvent> = batch
+            .iter()
+            .map(|m| TaskEvent::new(m, 0, EventKind::Accepted))
+            .collect();
+        self.inner.publish(batch).await?;
+        if let Err(e) = self.events.publish_events(events).await {
+            tracing::warn!(error = %e, "announcing accepted tasks on the status topic failed");
+        }
+        Ok(())
+    }
+
+    async fn start_consuming(
+        &self,
+        handler: Arc<dyn TaskHandler>,
+        concurrency: usize,
+    ) -> Result<(), QueueError> {
+        self.inner.start_consuming(handler, concurrency).await
+    }
+
+    async fn stop_consuming(&self) {
+        self.inner.stop_consuming().await
+    }
+
+    fn is_consuming(&self) -> bool {
+        self.inner.is_consuming()
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.inner.stats().await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.inner.dead_letters(limit).await
+    }
+
+    async fn restart_producer(&self) -> Result<(), QueueError> {
+        self.inner.restart_producer().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(attempt: u32, kind: EventKind) -> TaskEvent {
+        let m = TaskMessage {
+            v: crate::queue::MESSAGE_VERSION,
+            task_id: crate::ids::TaskId::parse("t1").unwrap(),
+            tenant: crate::ids::TenantId::default_tenant(),
+            template_id: crate::ids::TemplateId::parse("tpl").unwrap(),
+            output_format: "txt".into(),
+            priority: 0,
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            created_at: Utc::now(),
+        };
+        TaskEvent::new(&m, attempt, kind)
+    }
+
+    #[test]
+    fn events_round_trip_and_check_their_version() {
+        let e = event(
+            2,
+            EventKind::Failed {
+                status: TaskStatus::Queued,
+                error: TaskError {
+                    class: "timeout".into(),
+                    message: "slow".into(),
+                    retryable: true,
+                },
+            },
+        );
+        let back = TaskEvent::from_bytes(&e.to_bytes()).unwrap();
+        assert_eq!(back, e);
+        let mut v: serde_json::Value = serde_json::from_slice(&e.to_bytes()).unwrap();
+        assert_eq!(v["event"], "failed");
+        v["v"] = 9.into();
+        let err = TaskEvent::from_bytes(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.contains("version 9"), "{err}");
+    }
+
+    #[test]
+    fn ranks_order_the_events_of_a_task() {
+        let accepted = event(0, EventKind::Accepted).rank();
+        let started1 = event(1, EventKind::Started).rank();
+        let retry1 = event(
+            1,
+            EventKind::Failed {
+                status: TaskStatus::Queued,
+                error: TaskError {
+                    class: "trap".into(),
+                    message: String::new(),
+                    retryable: true,
+                },
+            },
+        )
+        .rank();
+        let started2 = event(2, EventKind::Started).rank();
+        let done2 = event(
+            2,
+            EventKind::Succeeded {
+                result: ResultMeta {
+                    size: 1,
+                    media_type: "text/plain".into(),
+                    extension: "txt".into(),
+                },
+            },
+        )
+        .rank();
+        assert!(accepted < started1 && started1 < retry1 && retry1 < started2 && started2 < done2);
+    }
+
+    fn failed(attempt: u32, status: TaskStatus) -> TaskEvent {
+        event(
+            attempt,
+            EventKind::Failed {
+                status,
+                error: TaskError {
+                    class: "trap".into(),
+                    message: format!("attempt {attempt}"),
+                    retryable: status == TaskStatus::Queued,
+                },
+            },
+        )
+    }
+
+    fn succeeded(attempt: u32) -> TaskEvent {
+        event(
+            attempt,
+            EventKind::Succeeded {
+                result: ResultMeta {
+                    size: 3,
+                    media_type: "text/plain".into(),
+                    extension: "txt".into(),
+                },
+            },
+        )
+    }
+
+    async fn stored(store: &TaskStore) -> crate::store::TaskRecord {
+        store
+            .get(
+                &crate::ids::TenantId::default_tenant(),
+                &crate::ids::TaskId::parse("t1").unwrap(),
+            )
+            .await
+            .unwrap()
+            .expect("task created from its events")
+    }
+
+    #[tokio::test]
+    async fn the_store_ends_in_the_same_state_whatever_the_order_of_events() {
+        let history = [
+            event(0, EventKind::Accepted),
+            event(1, EventKind::Started),
+            failed(1, TaskStatus::Queued),
+            event(2, EventKind::Started),
+            succeeded(2),
+        ];
+        // In order, reversed, and with every event twice.
+        let orders: Vec<Vec<usize>> = vec![
+            vec![0, 1, 2, 3, 4],
+            vec![4, 3, 2, 1, 0],
+            vec![2, 0, 4, 1, 3, 4, 2, 0, 1, 3],
+        ];
+        for order in orders {
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+            for i in &order {
+                store.apply(vec![history[*i].clone()]).await.unwrap();
+            }
+            let t = stored(&store).await;
+            assert_eq!(t.status, TaskStatus::Succeeded, "order {order:?}");
+            assert_eq!(t.attempts, 2, "order {order:?}");
+            assert!(t.error.is_none(), "order {order:?}: {:?}", t.error);
+            assert_eq!(t.result.map(|r| r.size), Some(3));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_moves_a_task_back_to_queued_but_never_a_final_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+        store
+            .apply(vec![
+                event(0, EventKind::Accepted),
+                event(1, EventKind::Started),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(stored(&store).await.status, TaskStatus::Running);
+        store
+            .apply(vec![failed(1, TaskStatus::Queued)])
+            .await
+            .unwrap();
+        let t = stored(&store).await;
+        assert_eq!(t.status, TaskStatus::Queued);
+        assert_eq!(t.error.map(|e| e.message), Some("attempt 1".into()));
+        store
+            .apply(vec![failed(2, TaskStatus::Dead)])
+            .await
+            .unwrap();
+        // A late duplicate of an earlier delivery changes nothing.
+        store
+            .apply(vec![event(3, EventKind::Started), succeeded(3)])
+            .await
+            .unwrap();
+        let t = stored(&store).await;
+        assert_eq!(t.status, TaskStatus::Dead);
+        assert_eq!(t.attempts, 2);
+    }
+}
