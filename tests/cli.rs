@@ -591,3 +591,74 @@ async fn new_plugin_script_makes_a_plugin_that_builds_and_renders() {
         "Hello Ada, 3 items.\n"
     );
 }
+
+/// The compose file, the config it mounts and the Prometheus config agree:
+/// every export-host container mounts the config and the shared volume at
+/// `storage.shared_dir`, roles are one API and two workers, Prometheus
+/// scrapes both and loads the alert rules.
+#[test]
+fn deployment_files_agree() {
+    let root = repo_root();
+    let read = |p: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(&std::fs::read_to_string(root.join(p)).expect(p)).expect(p)
+    };
+    let compose = read("deploy/docker-compose.yml");
+    let config = read("deploy/export-host.yaml");
+    let shared_dir = config["storage"]["shared_dir"]
+        .as_str()
+        .expect("storage.shared_dir");
+    let services = &compose["services"];
+    let str_list = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .map(|s| {
+                s.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (name, role, replicas) in [("api", "api", 1), ("worker", "worker", 2)] {
+        let s = &services[name];
+        let command = str_list(&s["command"]);
+        assert_eq!(
+            command,
+            [
+                "serve",
+                "--config",
+                "/etc/export-host/export-host.yaml",
+                "--role",
+                role
+            ],
+            "{name}"
+        );
+        let volumes = str_list(&s["volumes"]);
+        assert!(
+            volumes.contains(&format!("shared:{shared_dir}")),
+            "{name}: {volumes:?}"
+        );
+        assert!(
+            volumes
+                .contains(&"./export-host.yaml:/etc/export-host/export-host.yaml:ro".to_string()),
+            "{name}: {volumes:?}"
+        );
+        let n = s["deploy"]["replicas"].as_u64().unwrap_or(1);
+        assert_eq!(n, replicas, "{name}");
+    }
+    for broker in ["rocketmq-nameserver", "rocketmq-broker"] {
+        assert_eq!(services[broker]["image"], "apache/rocketmq:4.9.4");
+    }
+    let name_server = config["rocketmq"]["name_server"]
+        .as_str()
+        .expect("name_server");
+    assert_eq!(name_server, "rocketmq-nameserver:9876");
+
+    let prometheus = read("deploy/prometheus.yml");
+    assert_eq!(str_list(&prometheus["rule_files"]), ["alerts.yml"]);
+    let volumes = str_list(&services["prometheus"]["volumes"]);
+    assert!(volumes.contains(&"../config/alerts.yml:/etc/prometheus/alerts.yml:ro".to_string()));
+    let scrape = format!("{:?}", prometheus["scrape_configs"]);
+    assert!(
+        scrape.contains("api:8000") && scrape.contains("worker"),
+        "{scrape}"
+    );
+}
