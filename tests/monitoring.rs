@@ -24,25 +24,39 @@ async fn design_document_shapes() {
     assert_eq!(status, 200);
     assert_eq!(keys(&body), set(&["success", "data", "message"]));
     let d = &body["data"];
-    for k in [
-        "topic",
-        "consumer_group",
-        "health",
-        "metrics",
-        "connection",
-        "components",
-    ] {
-        assert!(d.get(k).is_some(), "queue/status lacks {k}: {d}");
-    }
+    // The design document's fields, plus `backend` (extension).
+    assert_eq!(
+        keys(d),
+        set(&[
+            "topic",
+            "consumer_group",
+            "backend",
+            "health",
+            "metrics",
+            "connection",
+            "components",
+        ])
+    );
+    assert_eq!(d["backend"], "embedded");
     assert_eq!(d["topic"], "export_tasks");
     assert_eq!(d["consumer_group"], "export_consumer_group");
-    assert!(keys(&d["health"]).is_superset(&set(&["healthy", "connection_status", "total_lag"])));
-    assert!(keys(&d["metrics"]).is_superset(&set(&[
-        "total_messages",
-        "active_queues",
-        "consumer_lag",
-        "total_lag"
-    ])));
+    assert_eq!(
+        keys(&d["health"]),
+        set(&["healthy", "connection_status", "total_lag"])
+    );
+    // The design document's fields, plus `in_flight` and `dead` (extensions).
+    assert_eq!(
+        keys(&d["metrics"]),
+        set(&[
+            "total_messages",
+            "active_queues",
+            "consumer_lag",
+            "total_lag",
+            "in_flight",
+            "dead",
+        ])
+    );
+    assert_eq!(d["connection"]["connected"], true);
     assert_eq!(keys(&d["metrics"]["consumer_lag"]), set(&["0"]));
     assert_eq!(keys(&d["connection"]), set(&["name_server", "connected"]));
     assert_eq!(
@@ -68,6 +82,19 @@ async fn design_document_shapes() {
     let (status, body) = s.get_json("/api/v1/queue/metrics").await;
     assert_eq!(status, 200);
     let d = &body["data"];
+    // The design document's fields, plus counts and breakdowns (extensions).
+    assert_eq!(
+        keys(d),
+        set(&[
+            "message_throughput",
+            "latency",
+            "error_rate",
+            "time_range",
+            "counts",
+            "by_format",
+            "by_plugin",
+        ])
+    );
     assert_eq!(
         keys(&d["message_throughput"]),
         set(&["produced_per_second", "consumed_per_second"])
@@ -95,6 +122,11 @@ async fn design_document_shapes() {
     let (status, body) = s.get_json("/api/v1/queue/consumer/lag").await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["total_lag"], 0);
+    assert_eq!(
+        keys(&body["data"]),
+        set(&["consumer_group", "topic", "consumer_lag", "total_lag"])
+    );
+    assert_eq!(keys(&body["data"]["consumer_lag"]), set(&["0"]));
 
     for path in ["/health", "/ready"] {
         let (status, _) = s.get_json(path).await;

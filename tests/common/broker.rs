@@ -292,6 +292,42 @@ impl Broker {
         self.start_broker();
     }
 
+    /// SIGKILL the name server (the broker stays up).
+    pub fn kill_name_server(&mut self) {
+        if let Some(mut s) = self.namesrv.take() {
+            s.kill();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.namesrv_port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Start the name server again on the same port. The broker registers
+    /// with it again at its next heartbeat (every 30 s).
+    pub fn restart_name_server(&mut self) {
+        self.kill_name_server();
+        let home = self.dir.path().join("home");
+        let mut cmd = Command::new(binary(NAMESRV));
+        cmd.args([
+            "--listenPort",
+            &self.namesrv_port.to_string(),
+            "--bindAddress",
+            "127.0.0.1",
+        ])
+        .arg("--rocketmqHome")
+        .arg(&home);
+        self.namesrv = Some(Server::spawn(
+            cmd,
+            &home,
+            self.dir.path().join("namesrv-2.log"),
+            None,
+        ));
+        self.wait_port(self.namesrv_port, "name server");
+    }
+
     pub fn broker_log(&self) -> String {
         self.broker.as_ref().map(Server::log).unwrap_or_default()
     }

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::caller::Admin;
 use super::error::{ApiError, Envelope, ErrorEnvelope, ok};
+use crate::queue::QueueStats;
 use crate::telemetry::WindowReport;
 
 /// `health` of `GET /api/v1/queue/status`.
@@ -119,13 +121,16 @@ pub struct ProducerRestarted {
     tag = "queue",
     responses(
         (status = 200, description = "Queue status", body = Envelope<QueueStatus>),
-        (status = 503, description = "The queue's stats cannot be read (broker unreachable)", body = ErrorEnvelope),
+        (status = 503, description = "The queue's stats cannot be read (broker unreachable): `data` holds the status with `connection.connected: false` and no lag", body = ErrorEnvelope),
     )
 )]
 pub async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let stats = app.queue.stats().await?;
+    let (stats, unreadable) = match app.queue.stats().await {
+        Ok(stats) => (stats, None),
+        Err(e) => (QueueStats::default(), Some(e)),
+    };
     let consuming = app.queue.is_consuming();
-    let connected = app.queue.is_connected();
+    let connected = unreadable.is_none() && app.queue.is_connected();
     let r = &app.config.rocketmq;
     let embedded = app.queue.backend() == "embedded";
     let total_lag = stats.total_lag();
@@ -134,8 +139,7 @@ pub async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
         consumer_group: r.consumer_group.clone(),
         backend: app.queue.backend().to_string(),
         health: StatusHealth {
-            // An API-only process (`--role api`) is healthy without a consumer.
-            healthy: (consuming || !app.config.server.role.runs_worker()) && connected,
+            healthy: consuming && connected,
             connection_status: connected,
             total_lag,
         },
@@ -161,6 +165,10 @@ pub async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
             consumer_consuming: consuming,
         },
     };
+    if let Some(e) = unreadable {
+        let data = serde_json::to_value(&data).map_err(|e| ApiError::internal(e.to_string()))?;
+        return Err(ApiError::unavailable(format!("queue stats unavailable: {e}")).with_data(data));
+    }
     Ok(ok(StatusCode::OK, data, "queue status"))
 }
 
@@ -178,8 +186,7 @@ pub async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
 pub async fn health(State(app): State<AppState>) -> Result<Response, ApiError> {
     let stats = app.queue.stats().await;
     let connected = stats.is_ok() && app.queue.is_connected();
-    let healthy =
-        connected && (app.queue.is_consuming() || !app.config.server.role.runs_worker());
+    let healthy = connected && (app.queue.is_consuming() || !app.config.server.role.runs_worker());
     let data = QueueHealth {
         healthy,
         details: HealthDetails {
@@ -247,7 +254,10 @@ pub async fn consumer_lag(State(app): State<AppState>) -> Result<Response, ApiEr
         (status = 503, description = "The new consumer could not start", body = ErrorEnvelope),
     )
 )]
-pub async fn restart_consumer(State(app): State<AppState>) -> Result<Response, ApiError> {
+pub async fn restart_consumer(
+    State(app): State<AppState>,
+    _: Admin,
+) -> Result<Response, ApiError> {
     app.queue.stop_consuming().await;
     app.queue
         .start_consuming(app.handler.clone(), app.concurrency)
@@ -273,7 +283,10 @@ pub async fn restart_consumer(State(app): State<AppState>) -> Result<Response, A
         (status = 503, description = "The new producer could not start", body = ErrorEnvelope),
     )
 )]
-pub async fn restart_producer(State(app): State<AppState>) -> Result<Response, ApiError> {
+pub async fn restart_producer(
+    State(app): State<AppState>,
+    _: Admin,
+) -> Result<Response, ApiError> {
     app.queue.restart_producer().await?;
     tracing::info!("producer restarted");
     Ok(ok(

@@ -1,0 +1,303 @@
+//! The design document's monitoring API on the RocketMQ backend, against a
+//! real rocketmq-rust name server and broker (`common/broker.rs`): exact
+//! field sets, per-queue lag read from the broker for 4-queue topics, and a
+//! `connected` that follows the name server.
+
+#[path = "common/broker.rs"]
+mod broker;
+mod common;
+
+use broker::{Broker, unique};
+use common::TestServer;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+fn rocketmq_yaml(name_server: &str, topic: &str, group: &str, more: &str) -> String {
+    format!(
+        "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{name_server}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n{more}"
+    )
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Queue ids of both lanes' 4-queue topics: `"0"`…`"3"` (`<topic>`) and
+/// `"high-0"`…`"high-3"` (`<topic>_HIGH`).
+fn lane_queue_ids() -> BTreeSet<String> {
+    set(&["0", "1", "2", "3", "high-0", "high-1", "high-2", "high-3"])
+}
+
+async fn scrape(s: &TestServer) -> String {
+    s.http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn design_document_fields_and_lag_per_queue() {
+    let broker = tokio::task::spawn_blocking(Broker::shared)
+        .await
+        .expect("broker");
+    let (topic, group) = (unique("mon"), unique("mon_consumer"));
+    let s = TestServer::start(
+        &["text"],
+        &rocketmq_yaml(
+            &broker.name_server,
+            &topic,
+            &group,
+            "worker:\n  concurrency: 4\n",
+        ),
+    )
+    .await;
+    s.put_template("n", "n.txt", "n={{ n }}").await;
+    // Both lanes, enough messages for every queue of each 4-queue topic.
+    let data: Vec<Value> = (0..40).map(|n| json!({ "n": n })).collect();
+    let mut ids = s.submit_batch("n", "txt", data.clone(), Some(0)).await;
+    ids.extend(s.submit_batch("n", "txt", data, Some(9)).await);
+    for id in &ids {
+        let t = s.wait_final(id, Duration::from_secs(120)).await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+    }
+
+    // The broker commits consumed offsets asynchronously: wait for lag 0.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let (code, body) = s.get_json("/api/v1/queue/status").await;
+        assert_eq!(code, 200, "{body}");
+        if body["data"]["metrics"]["total_lag"] == 0 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "lag never drained: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(keys(&status), set(&["success", "data", "message"]));
+    assert_eq!(status["success"], true);
+    let d = &status["data"];
+    // The design document's fields, plus `backend` (extension).
+    assert_eq!(
+        keys(d),
+        set(&[
+            "topic",
+            "consumer_group",
+            "backend",
+            "health",
+            "metrics",
+            "connection",
+            "components"
+        ])
+    );
+    assert_eq!(d["topic"], topic.as_str());
+    assert_eq!(d["consumer_group"], group.as_str());
+    assert_eq!(d["backend"], "rocketmq");
+    assert_eq!(
+        keys(&d["health"]),
+        set(&["healthy", "connection_status", "total_lag"])
+    );
+    assert_eq!(d["health"]["healthy"], true);
+    assert_eq!(d["health"]["connection_status"], true);
+    // The design document's fields, plus `in_flight` and `dead` (extensions).
+    assert_eq!(
+        keys(&d["metrics"]),
+        set(&[
+            "total_messages",
+            "active_queues",
+            "consumer_lag",
+            "total_lag",
+            "in_flight",
+            "dead"
+        ])
+    );
+    assert_eq!(keys(&d["metrics"]["consumer_lag"]), lane_queue_ids(), "{d}");
+    assert_eq!(d["metrics"]["active_queues"], 8);
+    assert_eq!(d["metrics"]["total_messages"], 80, "{d}");
+    assert_eq!(d["metrics"]["dead"], 0);
+    assert_eq!(keys(&d["connection"]), set(&["name_server", "connected"]));
+    assert_eq!(d["connection"]["name_server"], broker.name_server.as_str());
+    assert_eq!(d["connection"]["connected"], true);
+    assert_eq!(
+        keys(&d["components"]),
+        set(&["producer_started", "consumer_started", "consumer_consuming"])
+    );
+    assert_eq!(d["components"]["consumer_consuming"], true);
+
+    let (code, body) = s.get_json("/api/v1/queue/health").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(keys(&body["data"]), set(&["healthy", "details"]));
+    assert_eq!(
+        keys(&body["data"]["details"]),
+        set(&[
+            "healthy",
+            "connection_status",
+            "total_lag",
+            "topic",
+            "consumer_group",
+            "last_check"
+        ])
+    );
+    assert_eq!(body["data"]["details"]["connection_status"], true);
+    assert_eq!(body["data"]["details"]["topic"], topic.as_str());
+
+    let (code, body) = s.get_json("/api/v1/queue/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    let m = &body["data"];
+    // The design document's fields, plus counts and breakdowns (extensions).
+    assert_eq!(
+        keys(m),
+        set(&[
+            "message_throughput",
+            "latency",
+            "error_rate",
+            "time_range",
+            "counts",
+            "by_format",
+            "by_plugin"
+        ])
+    );
+    assert_eq!(
+        keys(&m["message_throughput"]),
+        set(&["produced_per_second", "consumed_per_second"])
+    );
+    assert_eq!(
+        keys(&m["latency"]),
+        set(&["average_ms", "p95_ms", "p99_ms"])
+    );
+    assert_eq!(
+        keys(&m["error_rate"]),
+        set(&["send_error_rate", "consume_error_rate"])
+    );
+    assert_eq!(keys(&m["time_range"]), set(&["start", "end"]));
+    assert_eq!(m["counts"]["produced"], 80, "{m}");
+    assert_eq!(m["counts"]["consumed"], 80, "{m}");
+    assert_eq!(m["error_rate"]["consume_error_rate"], 0.0);
+
+    let (code, body) = s.get_json("/api/v1/queue/consumer/lag").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        keys(&body["data"]),
+        set(&["consumer_group", "topic", "consumer_lag", "total_lag"])
+    );
+    assert_eq!(keys(&body["data"]["consumer_lag"]), lane_queue_ids());
+    assert_eq!(body["data"]["total_lag"], 0);
+
+    for path in [
+        "/api/v1/queue/consumer/restart",
+        "/api/v1/queue/producer/restart",
+    ] {
+        let (code, body) = s.post_json(path, &json!({})).await;
+        assert_eq!(code, 200, "{path}: {body}");
+        assert_eq!(keys(&body), set(&["success", "data", "message"]));
+    }
+    let (_, body) = s
+        .post_json("/api/v1/queue/consumer/restart", &json!({}))
+        .await;
+    assert_eq!(keys(&body["data"]), set(&["consumer_consuming"]));
+    assert_eq!(body["data"]["consumer_consuming"], true);
+
+    let text = scrape(&s).await;
+    for q in lane_queue_ids() {
+        let line = format!("export_consumer_lag{{queue=\"{q}\"}} 0");
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l == "export_queue_connected 1"),
+        "{text}"
+    );
+}
+
+/// Poll `/api/v1/queue/status` (200, or 503 with the status in `data`)
+/// until `connection.connected` is `want`.
+async fn wait_connected(s: &TestServer, want: bool, within: Duration) -> (u16, Value) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (code, body) = s.get_json("/api/v1/queue/status").await;
+        assert!(code == 200 || code == 503, "{code} {body}");
+        if body["data"]["connection"]["connected"] == want {
+            return (code, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connected is not {want} after {within:?}: {body}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connected_follows_the_name_server() {
+    // A broker of its own: its name server goes down.
+    let mut broker = tokio::task::spawn_blocking(Broker::start)
+        .await
+        .expect("broker");
+    let (topic, group) = (unique("conn"), unique("conn_consumer"));
+    let s = TestServer::start(
+        &["text"],
+        &rocketmq_yaml(&broker.name_server, &topic, &group, ""),
+    )
+    .await;
+    let (code, body) = wait_connected(&s, true, Duration::from_secs(10)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"]["health"]["connection_status"], true);
+
+    let started = Instant::now();
+    let mut broker = tokio::task::spawn_blocking(move || {
+        broker.kill_name_server();
+        broker
+    })
+    .await
+    .expect("kill name server");
+    // The probe asks every 2 s.
+    let (_, body) = wait_connected(&s, false, Duration::from_secs(20)).await;
+    let noticed = started.elapsed();
+    assert_eq!(body["data"]["health"]["connection_status"], false, "{body}");
+    assert_eq!(body["data"]["health"]["healthy"], false, "{body}");
+    assert_eq!(
+        body["data"]["connection"]["name_server"],
+        broker.name_server.as_str()
+    );
+    let (code, body) = s.get_json("/api/v1/queue/health").await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["success"], false);
+    assert_eq!(
+        body["data"]["details"]["connection_status"], false,
+        "{body}"
+    );
+    let text = scrape(&s).await;
+    assert!(
+        text.lines().any(|l| l == "export_queue_connected 0"),
+        "{text}"
+    );
+
+    broker = tokio::task::spawn_blocking(move || {
+        broker.restart_name_server();
+        broker
+    })
+    .await
+    .expect("restart name server");
+    // Connected again once the broker has registered (heartbeat every 30 s).
+    let (code, body) = wait_connected(&s, true, Duration::from_secs(60)).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = s.get_json("/api/v1/queue/health").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        noticed < Duration::from_secs(20),
+        "outage noticed after {noticed:?}"
+    );
+    drop(s);
+    drop(broker);
+}
