@@ -2,7 +2,7 @@
 //! images, drawing ids, date formatting, limits.
 
 use crate::images::{self, Images};
-use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::value::{Kwargs, Rest, Value, ValueKind, ValueOrKwargs};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, Output, State, UndefinedBehavior};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,9 @@ pub struct Shared {
     pub next_id: u32,
     /// A problem with the data found while formatting (reported as bad-data).
     pub data_error: Option<String>,
+    /// Set when a picture placeholder is written (the part then needs the
+    /// second pass that turns placeholders into drawings).
+    pub placed: bool,
 }
 
 pub type SharedRef = Arc<Mutex<Shared>>;
@@ -57,6 +60,7 @@ pub fn environment<'s>(shared: SharedRef, limits: &Limits) -> Environment<'s> {
         g.next_id += 1;
         g.next_id - 1
     });
+    env.add_filter("format", format_filter);
     env.add_filter("date", date_filter);
     env.add_filter("datetimeformat", date_filter);
     env.add_filter("strftime", date_filter);
@@ -211,6 +215,7 @@ fn format_text(out: &mut Output, value: &Value, shared: &SharedRef) -> Result<()
         ValueKind::Map if images::is_image(value) => {
             let idx = {
                 let mut g = lock(shared);
+                g.placed = true;
                 g.images.add(value)
             };
             match idx {
@@ -247,6 +252,101 @@ fn attr_filter(value: &Value) -> Result<Value, Error> {
     let mut out = String::with_capacity(s.len());
     escape_attr(&s, &mut out);
     Ok(Value::from_safe_string(out))
+}
+
+// ---------------------------------------------------------------- numbers
+
+/// `"%.2f"|format(x)`: the common money case without the exact (big-number)
+/// float formatting of the builtin, which is slow in wasm; anything else goes
+/// to minijinja's builtin `format`. The output is the same as the builtin's.
+fn format_filter(
+    state: &mut State,
+    format: &Value,
+    args: Rest<ValueOrKwargs>,
+) -> Result<Value, Error> {
+    if !format.is_safe()
+        && args.len() == 1
+        && args[0].kind() == ValueKind::Number
+        && let Some(spec) = format.as_str()
+        && let Some(out) = fast_printf_fixed(spec, &args[0])
+    {
+        return Ok(Value::from(out));
+    }
+    minijinja::filters::format(state, format, args)
+}
+
+/// `prefix%.Nfsuffix` (one spec, no flags or width) applied to a number.
+fn fast_printf_fixed(spec: &str, value: &Value) -> Option<String> {
+    let p = spec.find('%')?;
+    let rest = spec[p + 1..].strip_prefix('.')?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 2 || !rest[digits..].starts_with('f') {
+        return None;
+    }
+    let suffix = &rest[digits + 1..];
+    if suffix.contains('%') {
+        return None;
+    }
+    let precision: usize = rest[..digits].parse().ok()?;
+    let x = f64::try_from(value.clone()).ok()?;
+    let mut out = String::with_capacity(spec.len() + 24);
+    out.push_str(&spec[..p]);
+    fixed(x, precision, &mut out)?;
+    out.push_str(suffix);
+    Some(out)
+}
+
+/// `format!("{x:.precision$}")` (the exactly rounded decimal of `x`) for
+/// values where the shortest round-trip digits decide it: `|x| * 10^p <
+/// 2^51`, so one unit in the last place of `x` is smaller than `10^-p` and
+/// `x` lies on the same side of every rounding midpoint as its shortest
+/// digits, unless those digits end exactly on a midpoint (then `None`).
+pub fn fixed(x: f64, precision: usize, out: &mut String) -> Option<()> {
+    if !x.is_finite()
+        || precision > 15
+        || x.abs() * 10f64.powi(precision as i32) >= (1u64 << 51) as f64
+    {
+        return None;
+    }
+    let shortest = x.to_string();
+    let (int, frac) = shortest.split_once('.').unwrap_or((&shortest, ""));
+    if frac.len() <= precision {
+        out.push_str(int);
+        if precision > 0 {
+            out.push('.');
+            out.push_str(frac);
+            out.extend(std::iter::repeat_n('0', precision - frac.len()));
+        }
+        return Some(());
+    }
+    let tail = &frac.as_bytes()[precision..];
+    if tail == b"5" {
+        return None; // a tie in the shortest digits: the exact value decides
+    }
+    let mut digits: Vec<u8> = int.bytes().chain(frac[..precision].bytes()).collect();
+    if tail[0] >= b'5' {
+        let mut i = digits.len();
+        loop {
+            if i == 0 || digits[i - 1] == b'-' {
+                digits.insert(i, b'1');
+                break;
+            }
+            i -= 1;
+            if digits[i] == b'9' {
+                digits[i] = b'0';
+            } else {
+                digits[i] += 1;
+                break;
+            }
+        }
+    }
+    let split = digits.len() - precision;
+    out.push_str(std::str::from_utf8(&digits[..split]).ok()?);
+    if precision > 0 {
+        out.push('.');
+        out.push_str(std::str::from_utf8(&digits[split..]).ok()?);
+    }
+    Some(())
 }
 
 // ---------------------------------------------------------------- dates
@@ -502,6 +602,44 @@ fn _state_unused(_: &State) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_matches_exact_formatting() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut values: Vec<f64> = Vec::new();
+        for k in -20_000i64..20_000 {
+            values.push(k as f64 * 1.25);
+            values.push(k as f64 / 100.0);
+            values.push(k as f64 / 1000.0);
+            values.push(k as f64 * 0.1 + 0.005);
+        }
+        for _ in 0..200_000 {
+            let r = next();
+            values.push(f64::from_bits(r));
+            values.push((r >> 11) as f64 / (1u64 << (r % 53)) as f64);
+            values.push((r % 10_000_000) as f64 / 1000.0);
+        }
+        values.extend([
+            0.0, -0.0, 0.5, 1.5, 2.5, -2.5, 0.125, 1.005, 9.995, 99.995, -0.001, 1e15, 1e-9,
+        ]);
+        let mut fast = 0;
+        for x in values {
+            for p in 0..=4 {
+                let mut s = String::new();
+                if fixed(x, p, &mut s).is_some() {
+                    fast += 1;
+                    assert_eq!(s, format!("{x:.p$}"), "x = {x:?}, precision {p}");
+                }
+            }
+        }
+        assert!(fast > 1_000_000, "{fast}");
+    }
 
     #[test]
     fn dates() {

@@ -266,14 +266,48 @@ fn render_docx_inner(template: &[u8], data: &str, opts: &Options) -> Result<Vec<
         strict: opts.strict,
     };
     let env = engine::environment(shared.clone(), &limits);
+    // The package writer exists before the render: parts whose output needs
+    // no second pass are deflated while they are rendered.
+    let mut w = zipio::Writer::new(template.len() + (64 << 10), opts.compression);
     let mut rendered: HashMap<usize, String> = HashMap::new();
+    let mut prepared: HashMap<usize, zipio::Prepared> = HashMap::new();
     let mut total = 0usize;
+    let too_large = |name: &str| {
+        bad_template(
+            format!(
+                "the rendered document is larger than {} MiB of XML",
+                MAX_OUTPUT_XML >> 20
+            ),
+            name.to_string(),
+        )
+    };
     for (pi, c) in &compiled {
         let name = &parts[*pi].name;
         let tmpl = env
             .template_from_named_str(name, &c.source)
             .map_err(|e| engine_error(&e, name, c, &shared, opts))?;
         c.check_structure().map_err(|e| compile_error(e, name))?;
+        if !c.has_tc {
+            // Table grids (tc) and pictures need the whole text: a part
+            // that placed a picture is rendered again below (pictures are
+            // deduplicated, so the second render places the same ones).
+            if let Ok(mut g) = shared.lock() {
+                g.placed = false;
+            }
+            let mut sink = w.sink(MAX_OUTPUT_XML - total);
+            let result = tmpl.render_captured_to(&ctx, &mut sink);
+            if sink.exceeded {
+                return Err(too_large(name));
+            }
+            result.map_err(|e| engine_error(&e, name, c, &shared, opts))?;
+            let placed = shared.lock().map(|g| g.placed).unwrap_or(true);
+            if !placed {
+                total += sink.len();
+                let p = sink.finish().map_err(|x| RenderError::internal(x.0))?;
+                prepared.insert(*pi, p);
+                continue;
+            }
+        }
         let out = tmpl
             .render(&ctx)
             .map_err(|e| engine_error(&e, name, c, &shared, opts))?;
@@ -293,13 +327,7 @@ fn render_docx_inner(template: &[u8], data: &str, opts: &Options) -> Result<Vec<
         };
         total += out.len();
         if total > MAX_OUTPUT_XML {
-            return Err(bad_template(
-                format!(
-                    "the rendered document is larger than {} MiB of XML",
-                    MAX_OUTPUT_XML >> 20
-                ),
-                name.clone(),
-            ));
+            return Err(too_large(name));
         }
         rendered.insert(*pi, out);
     }
@@ -414,13 +442,16 @@ fn render_docx_inner(template: &[u8], data: &str, opts: &Options) -> Result<Vec<
 
     lap("images");
     // Write the package.
-    let mut w = zipio::Writer::new(template.len() + total / 4, opts.compression);
     let by_entry: HashMap<usize, usize> = parts
         .iter()
         .enumerate()
         .map(|(pi, p)| (p.entry, pi))
         .collect();
     for (i, e) in archive.entries.iter().enumerate() {
+        if let Some(p) = by_entry.get(&i).and_then(|pi| prepared.get(pi)) {
+            w.add_prepared(&e.name, p, e.time, e.date);
+            continue;
+        }
         let new: Option<&[u8]> = if i == ct_idx {
             content_types_xml.as_deref()
         } else if let Some(b) = replaced_entries.get(&i) {

@@ -400,6 +400,110 @@ fn sniff(bytes: &[u8]) -> &'static str {
     }
 }
 
+/// Content deflated by a [`DeflateSink`], ready to be added as an entry.
+pub struct Prepared {
+    method: u16,
+    crc: u32,
+    usize: u32,
+    data: Vec<u8>,
+}
+
+/// Input collected before each deflate call.
+const SINK_CHUNK: usize = 32 << 10;
+
+/// An [`std::io::Write`] that deflates (and checksums) what it is given in
+/// chunks, so a rendered part never exists as one whole string: a large
+/// document touches far less memory (every page of a fresh sandbox's memory
+/// costs a page fault). Fails once more than `limit` bytes were written.
+pub struct DeflateSink<'w> {
+    deflater: Option<&'w mut Compress>,
+    crc: crc32fast::Hasher,
+    pending: Vec<u8>,
+    out: Vec<u8>,
+    total: usize,
+    limit: usize,
+    pub exceeded: bool,
+}
+
+impl DeflateSink<'_> {
+    fn deflate_pending(&mut self, finish: bool) -> std::io::Result<()> {
+        self.crc.update(&self.pending);
+        let Some(c) = self.deflater.as_deref_mut() else {
+            self.out.extend_from_slice(&self.pending);
+            self.pending.clear();
+            return Ok(());
+        };
+        let flush = if finish {
+            FlushCompress::Finish
+        } else {
+            FlushCompress::None
+        };
+        let start = c.total_in();
+        loop {
+            if self.out.capacity() - self.out.len() < 4096 {
+                self.out.reserve(self.out.capacity().max(16 << 10));
+            }
+            let done = (c.total_in() - start) as usize;
+            let status = c
+                .compress_vec(&self.pending[done..], &mut self.out, flush)
+                .map_err(std::io::Error::other)?;
+            let done = (c.total_in() - start) as usize;
+            if (finish && status == Status::StreamEnd) || (!finish && done == self.pending.len()) {
+                break;
+            }
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Deflate what is left and hand the entry's content over.
+    pub fn finish(mut self) -> Result<Prepared, ZipError> {
+        self.deflate_pending(true)
+            .map_err(|x| ZipError(format!("deflate failed: {x}")))?;
+        if self.total > u32::MAX as usize / 2 {
+            return err("a part is too large for a ZIP entry");
+        }
+        Ok(Prepared {
+            method: if self.deflater.is_some() { 8 } else { 0 },
+            crc: self.crc.finalize(),
+            usize: self.total as u32,
+            data: self.out,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
+impl std::io::Write for DeflateSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.total += buf.len();
+        if self.total > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("output limit exceeded"));
+        }
+        if self.pending.len() + buf.len() > SINK_CHUNK && !self.pending.is_empty() {
+            self.deflate_pending(false)?;
+        }
+        if buf.len() >= SINK_CHUNK {
+            self.pending.extend_from_slice(buf);
+            self.deflate_pending(false)?;
+        } else {
+            self.pending.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes a ZIP archive: deflated new content or raw copies of input entries.
 pub struct Writer {
     out: Vec<u8>,
@@ -466,6 +570,44 @@ impl Writer {
         c.extend_from_slice(&offset.to_le_bytes());
         c.extend_from_slice(name.as_bytes());
         self.count += 1;
+    }
+
+    /// A sink deflating one new entry's content as it is written (with the
+    /// writer's deflater), at most `limit` bytes.
+    pub fn sink(&mut self, limit: usize) -> DeflateSink<'_> {
+        let deflater = if self.level == 0 {
+            None
+        } else {
+            let level = self.level;
+            let c = self
+                .deflater
+                .get_or_insert_with(|| Compress::new(Compression::new(level), false));
+            c.reset();
+            Some(c)
+        };
+        DeflateSink {
+            deflater,
+            crc: crc32fast::Hasher::new(),
+            pending: Vec::with_capacity(SINK_CHUNK),
+            out: Vec::with_capacity(16 << 10),
+            total: 0,
+            limit,
+            exceeded: false,
+        }
+    }
+
+    /// Add content deflated by a [`DeflateSink`] under `name`.
+    pub fn add_prepared(&mut self, name: &str, p: &Prepared, time: u16, date: u16) {
+        self.entry(
+            name,
+            p.method,
+            p.crc,
+            p.data.len() as u32,
+            p.usize,
+            time,
+            date,
+            &p.data,
+        );
     }
 
     /// Copy entry `i` of `a` without inflating it.
