@@ -2,6 +2,13 @@
 //! guest, next to a direct native call of the same function, in one run.
 //! Run: `scripts/bench.sh` (or `cargo bench --bench sandbox` after
 //! `scripts/build-plugins.sh noop`). Prints one JSON line with the figures.
+//!
+//! Second mode, in-process render times of real plugins (fresh sandbox per
+//! task, as the worker does), several builds of a plugin interleaved so that
+//! they share the machine's noise:
+//! `cargo bench --bench sandbox -- render N FORMAT TEMPLATE DATA PLUGIN.wasm...`
+//! prints one JSON line per plugin file (median, min, p75, p90, p99 in ms); render
+//! options from `BENCH_OPTIONS=k=v,k=v`.
 
 use export_host::plugin::{Limits, PluginHost, SandboxConfig};
 use std::path::Path;
@@ -19,7 +26,98 @@ fn native_noop(template: Vec<u8>, data: String) -> (Vec<u8>, String) {
     (Vec::new(), "application/octet-stream".to_string())
 }
 
+/// `render N FORMAT TEMPLATE DATA PLUGIN.wasm...`
+fn render_mode(args: &[String]) {
+    let [n, format, template, data, plugins @ ..] = args else {
+        panic!("usage: render N FORMAT TEMPLATE DATA PLUGIN.wasm...");
+    };
+    let n: usize = n.parse().expect("N");
+    let template_bytes = std::fs::read(template).expect("template");
+    let template_name = Path::new(template)
+        .file_name()
+        .expect("template name")
+        .to_string_lossy()
+        .into_owned();
+    let data = std::fs::read_to_string(data).expect("data");
+    // Render options as `k=v,k=v` (e.g. `compression=0`).
+    let options: Vec<(String, String)> = std::env::var("BENCH_OPTIONS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let limits = Limits::from_config(&export_host::config::LimitsConfig::default());
+    let font_dirs = if format == "pdf" {
+        vec![std::path::PathBuf::from("/usr/share/fonts")]
+    } else {
+        Vec::new()
+    };
+    let mut hosts = Vec::new();
+    for (i, wasm) in plugins.iter().enumerate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = Path::new(wasm).file_name().expect("plugin file name");
+        std::fs::copy(wasm, dir.path().join(file)).expect("copy plugin");
+        let host = PluginHost::new(SandboxConfig {
+            limits,
+            overrides: Default::default(),
+            // A persistent BENCH_CACHE saves the compile of large plugins.
+            cache_dir: std::env::var_os("BENCH_CACHE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| dir.path().join(format!("cache{i}"))),
+            font_dirs: font_dirs.clone(),
+            pooling: true,
+        })
+        .expect("host");
+        host.reload(dir.path()).expect("load");
+        hosts.push((dir, host, Vec::with_capacity(n)));
+    }
+    // Let the font index finish before timing.
+    std::thread::sleep(Duration::from_millis(if format == "pdf" {
+        1500
+    } else {
+        100
+    }));
+    for i in 0..n + 3 {
+        for (_, host, times) in hosts.iter_mut() {
+            let t = Instant::now();
+            let doc = host
+                .render(
+                    format,
+                    &template_name,
+                    template_bytes.clone(),
+                    data.clone(),
+                    options.clone(),
+                )
+                .expect("render");
+            let el = t.elapsed();
+            std::hint::black_box(doc);
+            if i >= 3 {
+                times.push(el);
+            }
+        }
+    }
+    for (wasm, (_, _, times)) in plugins.iter().zip(hosts.iter_mut()) {
+        times.sort();
+        let ms = |q: f64| percentile(times, q) / 1000.0;
+        println!(
+            "{}",
+            serde_json::json!({
+                "plugin": wasm, "format": format, "template": template_name, "runs": n,
+                "median_ms": ms(0.5), "min_ms": times[0].as_secs_f64() * 1000.0,
+                "p75_ms": ms(0.75), "p90_ms": ms(0.9), "p99_ms": ms(0.99),
+            })
+        );
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.first().map(String::as_str) == Some("render") {
+        return render_mode(&args[1..]);
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().expect("tempdir");
     let noop = root.join("target/test-guests/noop.wasm");
