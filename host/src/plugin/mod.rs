@@ -182,7 +182,10 @@ fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
             .max_tables_per_component(32)
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20)
-            .linear_memory_keep_resident(1 << 20)
+            // Reset a slot's memory by zeroing its dirty pages (up to 16 MiB)
+            // instead of unmapping them: a fresh sandbox then takes no page
+            // fault per page it touches (DOCX invoice -16 %, letter -45 %).
+            .linear_memory_keep_resident(16 << 20)
             .table_keep_resident(1 << 16);
         c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
