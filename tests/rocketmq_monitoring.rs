@@ -301,3 +301,126 @@ async fn connected_follows_the_name_server() {
     drop(s);
     drop(broker);
 }
+
+/// Stop a server with SIGTERM (graceful: deliveries in flight finish and
+/// the consumed offsets are committed) and wait for it to exit.
+fn terminate(s: &mut TestServer) {
+    let mut child = s.child.take().expect("running server");
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `/api/v1/queue/consumer/lag` of `s` once `done(total_lag)` holds.
+async fn wait_lag(s: &TestServer, what: &str, done: impl Fn(u64) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = s.get_json("/api/v1/queue/consumer/lag").await;
+        assert_eq!(code, 200, "{body}");
+        let total = body["data"]["total_lag"].as_u64().expect("total_lag");
+        if done(total) {
+            return body["data"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag never {what}: {body}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Lag read from the broker by an API-only process (`serve --role api`,
+/// which does not consume): it grows while no worker runs and drains when
+/// a worker process starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_grows_without_a_consumer_and_drains_after_restart() {
+    let broker = tokio::task::spawn_blocking(Broker::shared)
+        .await
+        .expect("broker");
+    let (topic, group) = (unique("lag"), unique("lag_consumer"));
+    let shared = tempfile::tempdir().expect("shared dir");
+    let yaml = |role: &str| {
+        rocketmq_yaml(
+            &broker.name_server,
+            &topic,
+            &group,
+            &format!(
+                "server:\n  role: {role}\n  instance_id: lag-{role}\nstorage:\n  shared_dir: \"{}\"\nworker:\n  concurrency: 4\n",
+                shared.path().display()
+            ),
+        )
+    };
+    let api = TestServer::start(&["text"], &yaml("api")).await;
+    let mut worker = TestServer::start(&["text"], &yaml("worker")).await;
+    api.put_template("n", "n.txt", "n={{ n }}").await;
+    let (_, status) = api.get_json("/api/v1/queue/status").await;
+    assert_eq!(
+        status["data"]["components"]["consumer_consuming"], false,
+        "an API process does not consume: {status}"
+    );
+
+    // Warm up: the worker consumes, the group's offsets exist on the broker.
+    let warm = api
+        .submit_batch(
+            "n",
+            "txt",
+            (0..8).map(|n| json!({ "n": n })).collect(),
+            None,
+        )
+        .await;
+    for id in &warm {
+        let t = api.wait_final(id, Duration::from_secs(120)).await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+    }
+    wait_lag(&api, "0 after the warm-up", |l| l == 0).await;
+
+    // No consumer: every accepted task adds to the lag, and it stays.
+    // One task per request: the producer spreads single messages over the
+    // 4 queues (a batch goes to one queue).
+    tokio::task::block_in_place(|| terminate(&mut worker));
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(api.submit("n", "txt", json!({ "n": n })).await);
+    }
+    let lag = wait_lag(&api, "40 with the consumer stopped", |l| l == 40).await;
+    assert_eq!(
+        lag["consumer_lag"]
+            .as_object()
+            .expect("lag by queue")
+            .keys()
+            .filter(|k| !k.starts_with("high-"))
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        set(&["0", "1", "2", "3"]),
+        "{lag}"
+    );
+    for q in ["0", "1", "2", "3"] {
+        assert!(
+            lag["consumer_lag"][q].as_u64().expect("lag") > 0,
+            "40 single messages spread over the 4 queues: {lag}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, status) = api.get_json("/api/v1/queue/status").await;
+    assert_eq!(status["data"]["metrics"]["total_lag"], 40, "{status}");
+    assert_eq!(status["data"]["health"]["total_lag"], 40, "{status}");
+    let (_, t) = api.get_json(&format!("/api/v1/tasks/{}", ids[0])).await;
+    assert_eq!(t["data"]["status"], "queued", "{t}");
+
+    // A worker again: the lag drains and every task succeeds.
+    let _worker = TestServer::start(&["text"], &yaml("worker")).await;
+    wait_lag(&api, "drained after the worker started", |l| l == 0).await;
+    for id in &ids {
+        let t = api.wait_final(id, Duration::from_secs(120)).await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+    }
+}
