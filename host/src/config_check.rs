@@ -23,10 +23,15 @@ const SECRET_KEYS: [&str; 7] = [
 ];
 
 /// Is a key a secret? `rocketmq.access_key`, `secret_key`,
-/// `security_token`, and anything named like them.
+/// `security_token`, API keys (`auth.admin_keys`, `tenants[].keys`: hashes,
+/// but a hash of a weak key can be guessed), and anything named like them.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     SECRET_KEYS.iter().any(|s| key.contains(s))
+        || key == "key"
+        || key == "keys"
+        || key.ends_with("_key")
+        || key.ends_with("_keys")
 }
 
 /// Load and validate `path`; the report on success.
@@ -68,9 +73,8 @@ fn redact(value: &mut Value) {
     match value {
         Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
-                let secret = k.as_str().is_some_and(is_secret_key);
-                if secret && !v.is_null() {
-                    *v = Value::String(REDACTED.into());
+                if k.as_str().is_some_and(is_secret_key) {
+                    redact_all(v);
                 } else {
                     redact(v);
                 }
@@ -79,6 +83,18 @@ fn redact(value: &mut Value) {
         Value::Sequence(items) => items.iter_mut().for_each(redact),
         Value::Tagged(t) => redact(&mut t.value),
         _ => {}
+    }
+}
+
+/// Every value under a secret key, keeping the shape (a list of three keys
+/// shows as three redacted entries) and `null` for unset.
+fn redact_all(value: &mut Value) {
+    match value {
+        Value::Null => {}
+        Value::Mapping(map) => map.iter_mut().for_each(|(_, v)| redact_all(v)),
+        Value::Sequence(items) => items.iter_mut().for_each(redact_all),
+        Value::Tagged(t) => redact_all(&mut t.value),
+        other => *other = Value::String(REDACTED.into()),
     }
 }
 
@@ -113,6 +129,19 @@ mod tests {
     }
 
     #[test]
+    fn lists_of_keys_keep_their_shape() {
+        let mut v: Value = serde_yaml::from_str(
+            "auth:\n  admin_keys: [\"sha256:aa\", \"sha256:bb\"]\n  tenants:\n    - id: acme\n      keys: [\"sha256:cc\"]\n",
+        )
+        .expect("yaml");
+        redact(&mut v);
+        let y = serde_yaml::to_string(&v).expect("yaml");
+        assert!(!y.contains("sha256"), "{y}");
+        assert_eq!(y.matches(REDACTED).count(), 3, "{y}");
+        assert!(y.contains("id: acme"), "{y}");
+    }
+
+    #[test]
     fn secret_names() {
         for k in [
             "access_key",
@@ -120,10 +149,19 @@ mod tests {
             "security_token",
             "db_password",
             "API_TOKEN",
+            "admin_keys",
+            "keys",
         ] {
             assert!(is_secret_key(k), "{k}");
         }
-        for k in ["topic", "name_server", "max_message_size", "tag"] {
+        for k in [
+            "topic",
+            "name_server",
+            "max_message_size",
+            "tag",
+            "keys_file",
+            "id",
+        ] {
             assert!(!is_secret_key(k), "{k}");
         }
     }

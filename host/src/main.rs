@@ -84,6 +84,18 @@ struct ServerArg {
     /// Base URL of the export-host server.
     #[arg(long, env = "EXPORT_HOST_URL", default_value = client::DEFAULT_SERVER)]
     server: String,
+    /// API key, sent as `Authorization: Bearer <key>` (servers with auth.mode: keys).
+    #[arg(long, env = "EXPORT_HOST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl ServerArg {
+    fn client(&self) -> Result<client::ApiClient> {
+        Ok(client::ApiClient::new(
+            &self.server,
+            self.api_key.as_deref(),
+        )?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -344,7 +356,7 @@ async fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         } => {
-            let api = client::ApiClient::new(&server.server)?;
+            let api = server.client()?;
             print!("{}", client::tasks::show(&api, &task_id, json).await?);
             Ok(())
         }
@@ -356,7 +368,7 @@ async fn run(cli: Cli) -> Result<()> {
                     once,
                 },
         } => {
-            let api = client::ApiClient::new(&server.server)?;
+            let api = server.client()?;
             client::tasks::watch(&api, seconds("--interval", interval)?, once).await?;
             Ok(())
         }
@@ -410,7 +422,7 @@ async fn submit(args: SubmitArgs) -> Result<()> {
         },
         single,
     };
-    let api = client::ApiClient::new(&args.server.server)?;
+    let api = args.server.client()?;
     let summary = client::submit::run(&api, &rows, &opts).await?;
     if opts.wait {
         if let Some(dir) = &opts.out {

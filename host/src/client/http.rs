@@ -33,6 +33,8 @@ pub enum ClientError {
     },
     #[error("invalid server URL {url:?}: {message}")]
     BadUrl { url: String, message: String },
+    #[error("the API key holds characters an HTTP header cannot carry")]
+    BadApiKey,
 }
 
 impl ClientError {
@@ -133,7 +135,9 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(base: &str) -> Result<ApiClient, ClientError> {
+    /// A client of `base`; `api_key` is sent as `Authorization: Bearer <key>`
+    /// on every request (servers with `auth.mode: keys` require it).
+    pub fn new(base: &str, api_key: Option<&str>) -> Result<ApiClient, ClientError> {
         let base = base.trim_end_matches('/').to_string();
         let bad = |message: &str| ClientError::BadUrl {
             url: base.clone(),
@@ -143,7 +147,15 @@ impl ApiClient {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(bad("the scheme must be http or https"));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = api_key.map(str::trim).filter(|k| !k.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| ClientError::BadApiKey)?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(300))
             .user_agent(concat!("export-host/", env!("CARGO_PKG_VERSION")))

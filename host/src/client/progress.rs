@@ -56,9 +56,15 @@ impl Progress {
             Mode::Auto => {
                 let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
                 let style = ProgressStyle::with_template(
-                    "{prefix:>10} [{bar:32.cyan/blue}] {pos}/{len} {per_sec:>9} ETA {eta:>4} {msg}",
+                    "{prefix:>10} [{bar:24.cyan/blue}] {pos}/{len} {rate:>8} ETA {eta:>4} {wide_msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.1}/s", state.per_sec());
+                    },
+                )
                 .progress_chars("=> ");
                 bar.set_style(style);
                 bar.set_prefix(label.to_string());

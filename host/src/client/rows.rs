@@ -287,9 +287,12 @@ mod tests {
         let rows = parse_jsonl(&text, &defaults()).expect("rows");
         let c = chunks(&rows, 8, MAX_CHUNK_BYTES);
         let sizes: Vec<usize> = c.iter().map(|c| c.rows.len()).collect();
-        assert_eq!(sizes, vec![8, 8, 4, 5]);
-        assert_eq!(c[3].template_id, "b");
-        assert_eq!(c[3].rows, vec![0, 5, 10, 15, 20]);
+        // Groups in order of first appearance: row 0 is a `b` row.
+        assert_eq!(sizes, vec![5, 8, 8, 4]);
+        assert_eq!(c[0].template_id, "b");
+        assert_eq!(c[0].rows, vec![0, 5, 10, 15, 20]);
+        assert_eq!(c[1].template_id, "t");
+        assert_eq!(c[1].rows[..3], [1, 2, 3]);
         // Every row exactly once.
         let mut all: Vec<usize> = c.iter().flat_map(|c| c.rows.clone()).collect();
         all.sort_unstable();

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::http::{ApiClient, BatchRequest, ClientError, TaskStatus};
-use super::progress::{Mode, Progress};
+use super::progress::{Mode, Progress, human_duration};
 use super::rows::{MAX_CHUNK_BYTES, Row, chunks};
 use super::summary::{State, Summary, TaskOutcome};
 pub use crate::api::export::MAX_BATCH;
@@ -28,6 +28,9 @@ pub enum SubmitError {
     #[error("--chunk-size must be in 1..={MAX_BATCH}, not {0}")]
     ChunkSize(usize),
 }
+
+/// First pause before retrying a request turned away with 429 or 503.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct SubmitOptions {
@@ -125,10 +128,11 @@ async fn submit_all(
     };
     if opts.single && rows.len() == 1 {
         let r = &rows[0];
-        match client
-            .submit(&r.template_id, &r.output_format, r.priority, &r.data)
-            .await
-        {
+        let sent = retrying(&progress, "submitting", RETRY_DELAY, || {
+            client.submit(&r.template_id, &r.output_format, r.priority, &r.data)
+        })
+        .await;
+        match sent {
             Ok(id) => {
                 outcomes[0].task_id = Some(id);
                 accepted += 1;
@@ -160,7 +164,11 @@ async fn submit_all(
             priority: chunk.priority,
             data_list: &data,
         };
-        match client.submit_batch(&req).await {
+        let sent = retrying(&progress, "submitting", RETRY_DELAY, || {
+            client.submit_batch(&req)
+        })
+        .await;
+        match sent {
             Ok(ids) => {
                 for (&i, id) in chunk.rows.iter().zip(ids) {
                     outcomes[i].task_id = Some(id);
@@ -203,6 +211,45 @@ async fn submit_all(
     }
     progress.finish(done as u64, &submit_message(accepted, rejected));
     Ok(())
+}
+
+/// Retries of one submit request the server turned away for now.
+const SUBMIT_RETRIES: u32 = 5;
+
+/// Rate limited (429) or the queue momentarily unavailable (503): worth
+/// another try; any other refusal is final.
+fn retryable(e: &ClientError) -> bool {
+    matches!(e.status(), Some(429 | 503))
+}
+
+/// Run `request` until it succeeds, fails for good, or has been turned away
+/// [`SUBMIT_RETRIES`] times; the delay doubles from `delay` up to 8 s.
+async fn retrying<T, F, Fut>(
+    progress: &Progress,
+    what: &str,
+    mut delay: Duration,
+    mut request: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut retries = 0;
+    loop {
+        match request().await {
+            Err(e) if retryable(&e) && retries < SUBMIT_RETRIES => {
+                retries += 1;
+                progress.println(&format!(
+                    "{what}: {}; retry {retries}/{SUBMIT_RETRIES} in {}",
+                    e.reason(),
+                    human_duration(delay)
+                ));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn submit_message(accepted: usize, rejected: usize) -> String {
@@ -388,6 +435,51 @@ async fn download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused(status: u16) -> ClientError {
+        ClientError::Refused {
+            method: "POST",
+            path: "/api/v1/export/batch".into(),
+            status,
+            message: "busy".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_limits_and_unavailability_are_retried_other_refusals_not() {
+        let quiet = Progress::new("t", 1, Mode::Quiet);
+        let delay = Duration::from_millis(1);
+        let mut calls = 0;
+        let r = retrying(&quiet, "t", delay, || {
+            calls += 1;
+            let answer = if calls < 3 {
+                Err(refused(429))
+            } else {
+                Ok(calls)
+            };
+            async move { answer }
+        })
+        .await;
+        assert_eq!(r.expect("third call succeeds"), 3);
+
+        let mut calls = 0;
+        let r: Result<(), _> = retrying(&quiet, "t", delay, || {
+            calls += 1;
+            async { Err(refused(503)) }
+        })
+        .await;
+        assert_eq!(r.expect_err("gives up").status(), Some(503));
+        assert_eq!(calls, 1 + SUBMIT_RETRIES);
+
+        let mut calls = 0;
+        let r: Result<(), _> = retrying(&quiet, "t", delay, || {
+            calls += 1;
+            async { Err(refused(404)) }
+        })
+        .await;
+        assert_eq!(r.expect_err("final").status(), Some(404));
+        assert_eq!(calls, 1);
+    }
 
     #[test]
     fn line_ranges_are_compact() {
