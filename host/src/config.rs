@@ -38,7 +38,136 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub limits: LimitsConfig,
     pub worker: WorkerConfig,
+    pub auth: AuthConfig,
     pub rocketmq: RocketMqConfig,
+}
+
+/// Who may call the API (`auth:`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `none`: no keys, every request is the `default` tenant with admin
+    /// rights (local development). `keys`: `Authorization: Bearer <key>`
+    /// is required and names the tenant.
+    pub mode: AuthMode,
+    /// Keys with admin rights (restart, dead letters, plugins), as
+    /// `sha256:<hex of the key's SHA-256>` (`export-host auth hash-key`).
+    pub admin_keys: Vec<String>,
+    pub tenants: Vec<TenantConfig>,
+    /// A YAML file with more `tenants:` (and `admin_keys:`), re-read when it
+    /// changes, so keys can be added or revoked without a restart.
+    pub keys_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Keys,
+}
+
+/// One tenant: its keys (hashed) and limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    /// `sha256:<hex>` of each key of this tenant.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub limits: TenantLimits,
+}
+
+/// Per-tenant limits; unset = only the global ones apply.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    /// Tasks of this tenant queued or running at once.
+    pub max_queued: Option<u64>,
+    /// Tasks accepted per second (sustained; bursts up to `submit_burst`).
+    pub submit_per_second: Option<f64>,
+    /// Tasks accepted at once after a quiet period (default: one second's worth).
+    pub submit_burst: Option<u64>,
+    /// Largest `data` of one task, at most `limits.max_data_bytes`.
+    pub max_data_bytes: Option<usize>,
+}
+
+/// The `keys_file` format: the same blocks as in the config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysFile {
+    pub admin_keys: Vec<String>,
+    pub tenants: Vec<TenantConfig>,
+}
+
+impl KeysFile {
+    pub fn load(path: &Path) -> Result<KeysFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: KeysFile = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        validate_keys(&file.admin_keys, &file.tenants)?;
+        Ok(file)
+    }
+}
+
+/// Keys are `sha256:` + 64 hex digits; tenant ids are valid and unique.
+pub fn validate_keys(admin_keys: &[String], tenants: &[TenantConfig]) -> Result<(), ConfigError> {
+    let well_formed = |k: &str| {
+        k.strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if let Some(k) = admin_keys.iter().find(|k| !well_formed(k)) {
+        return Err(invalid(
+            "auth.admin_keys",
+            format!("{k:?} is not sha256:<64 hex digits> (store hashes, never keys)"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in tenants {
+        if let Err(e) = crate::ids::TenantId::parse(&t.id) {
+            return Err(invalid("auth.tenants[].id", format!("{:?}: {e}", t.id)));
+        }
+        if !seen.insert(t.id.as_str()) {
+            return Err(invalid(
+                "auth.tenants[].id",
+                format!("tenant {:?} is listed twice", t.id),
+            ));
+        }
+        if let Some(k) = t.keys.iter().find(|k| !well_formed(k)) {
+            return Err(invalid(
+                "auth.tenants[].keys",
+                format!(
+                    "tenant {:?}: {k:?} is not sha256:<64 hex digits> (store hashes, never keys)",
+                    t.id
+                ),
+            ));
+        }
+        let l = &t.limits;
+        if l.submit_per_second
+            .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+        {
+            return Err(invalid(
+                "auth.tenants[].limits.submit_per_second",
+                format!("tenant {:?}: must be > 0", t.id),
+            ));
+        }
+        if l.max_queued == Some(0) || l.submit_burst == Some(0) || l.max_data_bytes == Some(0) {
+            return Err(invalid(
+                "auth.tenants[].limits",
+                format!(
+                    "tenant {:?}: max_queued, submit_burst and max_data_bytes must be > 0",
+                    t.id
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,6 +334,11 @@ pub struct LimitsConfig {
 /// Per-plugin overrides of `limits:` (under `plugins.limits.<plugin name>`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+    /// Backpressure: tasks queued or running in all, beyond which submits
+    /// are refused with 503 and `Retry-After` instead of growing the queue.
+    pub max_queued_tasks: u64,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_hours: u64,
 pub struct LimitsOverride {
     pub timeout_ms: Option<u64>,
     pub memory_mb: Option<u64>,
@@ -227,6 +361,8 @@ impl Default for LimitsConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+            max_queued_tasks: 100_000,
+            idempotency_hours: 24,
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// Tasks rendered at once by this process; 0 = number of CPUs.
@@ -408,6 +544,20 @@ impl Config {
         }
         let r = &self.rocketmq;
         for (key, value) in [
+        if l.max_queued_tasks == 0 {
+            return Err(invalid("limits.max_queued_tasks", "must be > 0"));
+        }
+        validate_keys(&self.auth.admin_keys, &self.auth.tenants)?;
+        if self.auth.mode == AuthMode::None
+            && (!self.auth.tenants.is_empty()
+                || !self.auth.admin_keys.is_empty()
+                || self.auth.keys_file.is_some())
+        {
+            return Err(invalid(
+                "auth.mode",
+                "is `none` but keys are configured: set `mode: keys` to use them",
+            ));
+        }
             ("rocketmq.name_server", &r.name_server),
             ("rocketmq.producer_group", &r.producer_group),
             ("rocketmq.consumer_group", &r.consumer_group),

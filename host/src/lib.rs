@@ -9,6 +9,9 @@
 //!   block), `deny_unknown_fields`, and `validate()` naming the bad key.
 //! * [`ids`] — validated ids (task, template, tenant, file name): nothing
 //!   unchecked reaches a file path.
+//! * [`auth`] — API keys (stored hashed) → tenant or admin; the keys file.
+//! * [`quota`] — admission at submit: per-tenant rate and queued limits,
+//!   global backpressure.
 //! * [`api`] — axum routes, the `{success, data, message}` envelope and the
 //!   one error type that maps to status codes.
 //! * [`queue`] — the `TaskQueue` trait and its backends (`embedded`, durable
@@ -35,6 +38,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod config_check;
@@ -42,6 +46,7 @@ pub mod db;
 pub mod ids;
 pub mod plugin;
 pub mod queue;
+pub mod quota;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -77,6 +77,19 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// API keys.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Print the `sha256:<hex>` form of a key for `auth.tenants[].keys` or
+    /// `auth.admin_keys` (the key is read from stdin when not given, so it
+    /// stays out of the shell history).
+    HashKey { key: Option<String> },
 }
 
 #[derive(clap::Args)]
@@ -382,6 +395,23 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn seconds(flag: &str, value: f64) -> Result<std::time::Duration> {
+        Command::Auth {
+            command: AuthCommand::HashKey { key },
+        } => {
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            if key.is_empty() {
+                bail!("the key is empty");
+            }
+            println!("{}", export_host::auth::hash_key(&key));
+            Ok(())
+        }
     std::time::Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())

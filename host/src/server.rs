@@ -33,6 +33,8 @@ pub enum ServeError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
     #[error(transparent)]
     Plugin(#[from] crate::plugin::PluginError),
@@ -70,6 +72,8 @@ impl Server {
     /// socket is bound.
     pub async fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServeError> {
         let role = config.server.role;
+        let auth = Arc::new(crate::auth::Auth::new(&config.auth)?);
+        auth.watch();
         let data_dir = config.storage.data_dir.clone();
         let shared_dir = config.shared_dir();
         for dir in [&data_dir, &shared_dir] {
@@ -159,6 +163,8 @@ impl Server {
             telemetry,
             handler: worker,
             concurrency,
+            auth,
+            quotas: Arc::default(),
         };
         let mut app = api::router(state.clone());
         if !role.runs_api() {

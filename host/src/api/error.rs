@@ -55,6 +55,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub data: Option<Value>,
+    /// Extra response headers (`Retry-After`, `WWW-Authenticate`).
+    pub headers: Vec<(axum::http::HeaderName, String)>,
 }
 
 impl ApiError {
@@ -63,6 +65,7 @@ impl ApiError {
             status,
             message: message.into(),
             data: None,
+            headers: Vec::new(),
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -84,6 +87,14 @@ impl ApiError {
         self.data = Some(data);
         self
     }
+    pub fn with_header(
+        mut self,
+        name: axum::http::HeaderName,
+        value: impl Into<String>,
+    ) -> ApiError {
+        self.headers.push((name, value.into()));
+        self
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -91,7 +102,7 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(status = %self.status, message = %self.message, "request failed");
         }
-        (
+        let mut response = (
             self.status,
             Json(ErrorEnvelope {
                 success: false,
@@ -99,7 +110,13 @@ impl IntoResponse for ApiError {
                 message: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        for (name, value) in self.headers {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, v);
+            }
+        }
+        response
     }
 }
 
@@ -123,6 +140,38 @@ impl From<crate::store::templates::TemplateError> for ApiError {
             }
             other => ApiError::internal(other.to_string()),
         }
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> ApiError {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Missing | AuthError::Malformed | AuthError::Unknown => {
+                ApiError::new(StatusCode::UNAUTHORIZED, e.to_string())
+                    .with_header(axum::http::header::WWW_AUTHENTICATE, "Bearer")
+            }
+            AuthError::NotAdmin | AuthError::AdminHasNoTenant => {
+                ApiError::new(StatusCode::FORBIDDEN, e.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::quota::QuotaError> for ApiError {
+    fn from(e: crate::quota::QuotaError) -> ApiError {
+        use crate::quota::QuotaError;
+        let status = match &e {
+            QuotaError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            QuotaError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::TOO_MANY_REQUESTS,
+        };
+        let retry = e.retry_after_s();
+        let mut err = ApiError::new(status, e.to_string());
+        if let Some(s) = retry {
+            err = err.with_header(axum::http::header::RETRY_AFTER, s.to_string());
+        }
+        err
     }
 }
 

@@ -3,18 +3,20 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, Envelope, ErrorEnvelope, ok, parse_json};
-use crate::ids::{TaskId, TemplateId, TenantId};
+use crate::auth::Caller;
+use crate::ids::{TaskId, TemplateId};
 use crate::queue::{MESSAGE_VERSION, TaskMessage};
-use crate::store::NewTask;
+use crate::store::{Idempotency, NewTask};
 
 /// Tasks in one batch request, at most.
 pub const MAX_BATCH: usize = 1000;
@@ -84,27 +86,106 @@ pub struct BatchAccepted {
 )]
 pub async fn submit(
     State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ExportRequest = parse_json(&body?)?;
-    let ids = accept(
-        &app,
-        &req.template_id,
-        &req.output_format,
-        req.priority,
-        vec![req.data],
-    )
+    let body = body?;
+    let req: ExportRequest = parse_json(&body)?;
+    let (ids, replayed) = idempotent(&app, &caller, &headers, "export", &body, || {
+        accept(
+            &app,
+            &caller,
+            &req.template_id,
+            &req.output_format,
+            req.priority,
+            vec![req.data],
+        )
+    })
     .await?;
-    let task_id = ids
-        .into_iter()
-        .next()
-        .map(|id| id.to_string())
-        .unwrap_or_default();
-    Ok(ok(
-        StatusCode::ACCEPTED,
-        TaskAccepted { task_id },
-        "export task queued",
-    ))
+    let task_id = ids.into_iter().next().unwrap_or_default();
+    let message = if replayed {
+        "export task already accepted with this Idempotency-Key"
+    } else {
+        "export task queued"
+    };
+    Ok(ok(StatusCode::ACCEPTED, TaskAccepted { task_id }, message))
+}
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Run `accept` once per `Idempotency-Key` (when the header is there): the
+/// same key with the same request within `limits.idempotency_hours` returns
+/// the tasks of the first; with a different request it is 409. Returns the
+/// task ids and whether they are a replay.
+async fn idempotent<F, Fut>(
+    app: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    endpoint: &str,
+    body: &[u8],
+    accept: F,
+) -> Result<(Vec<String>, bool), ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<TaskId>, ApiError>>,
+{
+    let Some(key) = headers.get("idempotency-key") else {
+        let ids = accept().await?;
+        return Ok((ids.into_iter().map(|i| i.to_string()).collect(), false));
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            ))
+        })?;
+    let mut hash = Sha256::new();
+    hash.update(endpoint.as_bytes());
+    hash.update([0]);
+    hash.update(body);
+    let request = hex::encode(hash.finalize());
+    let window = chrono::Duration::hours(app.config.limits.idempotency_hours as i64);
+    match app
+        .store
+        .idempotency_begin(&caller.tenant, key, &request, window)
+        .await?
+    {
+        Idempotency::Reserved => {}
+        Idempotency::Replay(ids) => return Ok((ids, true)),
+        Idempotency::InProgress => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "a request with this Idempotency-Key is still being handled; retry shortly",
+            )
+            .with_header(header::RETRY_AFTER, "1"));
+        }
+        Idempotency::Mismatch => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "this Idempotency-Key was used for a different request; use a new key for new work",
+            ));
+        }
+    }
+    match accept().await {
+        Ok(ids) => {
+            let ids: Vec<String> = ids.into_iter().map(|i| i.to_string()).collect();
+            app.store
+                .idempotency_commit(&caller.tenant, key, &ids)
+                .await?;
+            Ok((ids, false))
+        }
+        Err(e) => {
+            if let Err(cleanup) = app.store.idempotency_abort(&caller.tenant, key).await {
+                tracing::error!(error = %cleanup, "cannot release an Idempotency-Key");
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Submit up to 1000 tasks with the same template and format.
@@ -125,9 +206,12 @@ pub async fn submit(
 )]
 pub async fn submit_batch(
     State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: BatchRequest = parse_json(&body?)?;
+    let body = body?;
+    let req: BatchRequest = parse_json(&body)?;
     if req.data_list.is_empty() {
         return Err(ApiError::bad_request("data_list must not be empty"));
     }
@@ -138,31 +222,39 @@ pub async fn submit_batch(
         )));
     }
     let n = req.data_list.len();
-    let ids = accept(
-        &app,
-        &req.template_id,
-        &req.output_format,
-        req.priority,
-        req.data_list,
-    )
+    let (ids, replayed) = idempotent(&app, &caller, &headers, "export/batch", &body, || {
+        accept(
+            &app,
+            &caller,
+            &req.template_id,
+            &req.output_format,
+            req.priority,
+            req.data_list,
+        )
+    })
     .await?;
-    let ids: Vec<String> = ids.into_iter().map(|id| id.to_string()).collect();
+    let message = if replayed {
+        format!("{n} export tasks already accepted with this Idempotency-Key")
+    } else {
+        format!("{n} export tasks queued")
+    };
     Ok(ok(
         StatusCode::ACCEPTED,
         BatchAccepted { task_ids: ids },
-        format!("{n} export tasks queued"),
+        message,
     ))
 }
 
 /// Validate, record and enqueue tasks; all or none are accepted.
 async fn accept(
     app: &AppState,
+    caller: &Caller,
     template_id: &str,
     output_format: &str,
     priority: Option<i32>,
     data_list: Vec<Box<RawValue>>,
 ) -> Result<Vec<TaskId>, ApiError> {
-    let tenant = TenantId::default_tenant();
+    let tenant = caller.tenant.clone();
     let template_id = TemplateId::parse(template_id)?;
     let priority = priority.unwrap_or(0);
     if !(0..=9).contains(&priority) {
@@ -182,7 +274,12 @@ async fn accept(
         ))
         .with_data(json!({ "available_formats": available })));
     };
-    let limit = app.config.limits.max_data_bytes;
+    let limit = caller
+        .limits
+        .max_data_bytes
+        .map_or(app.config.limits.max_data_bytes, |l| {
+            l.min(app.config.limits.max_data_bytes)
+        });
     for (i, data) in data_list.iter().enumerate() {
         let text = data.get();
         if text.len() > limit {
@@ -244,6 +341,15 @@ async fn accept(
         });
     }
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id.clone()).collect();
+    app.quotas
+        .admit(
+            &app.store,
+            &tenant,
+            &caller.limits,
+            app.config.limits.max_queued_tasks,
+            ids.len() as u64,
+        )
+        .await?;
     app.store.insert(tasks).await?;
     if let Err(e) = app.queue.publish(messages).await {
         app.telemetry.send_failed(ids.len());

@@ -3,6 +3,7 @@
 //! utoipa-axum's `OpenApiRouter`, so the OpenAPI document
 //! (`GET /openapi.json`, page at `GET /docs`) is generated from the handlers.
 
+pub mod caller;
 pub mod error;
 pub mod export;
 pub mod queue;
@@ -39,6 +40,10 @@ pub struct AppState {
     /// The consumer's handler, for `POST /api/v1/queue/consumer/restart`.
     pub handler: Arc<dyn TaskHandler>,
     pub concurrency: usize,
+    /// API keys → tenants.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Submit rate and queued-task limits.
+    pub quotas: Arc<crate::quota::Quotas>,
 }
 
 /// What the OpenAPI document says besides the operations.
@@ -230,7 +235,7 @@ async fn formats(State(app): State<AppState>) -> Response {
     tag = "catalog",
     responses((status = 200, description = "Plugins", body = Envelope<PluginList>))
 )]
-async fn plugins(State(app): State<AppState>) -> Response {
+async fn plugins(State(app): State<AppState>, _: caller::Admin) -> Response {
     let plugins = app
         .plugins
         .statuses()

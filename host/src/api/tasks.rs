@@ -11,7 +11,8 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, Envelope, ErrorEnvelope, ok};
-use crate::ids::{TaskId, TenantId};
+use crate::auth::Caller;
+use crate::ids::TaskId;
 use crate::store::{TaskRecord, TaskStatus};
 
 /// Where a task is in its life.
@@ -126,9 +127,10 @@ impl From<TaskRecord> for TaskView {
 )]
 pub async fn status(
     State(app): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = TenantId::default_tenant();
+    let tenant = caller.tenant;
     let id = TaskId::parse(&id)?;
     let task = app
         .store
@@ -159,9 +161,10 @@ pub async fn status(
 )]
 pub async fn result(
     State(app): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = TenantId::default_tenant();
+    let tenant = caller.tenant;
     let id = TaskId::parse(&id)?;
     let task = app
         .store

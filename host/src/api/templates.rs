@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, Envelope, ErrorEnvelope, ok};
-use crate::ids::{FileName, TemplateId, TenantId};
+use crate::auth::Caller;
+use crate::ids::{FileName, TemplateId};
 use crate::store::templates::TemplateInfo;
 
 /// One file of a template bundle.
@@ -79,10 +80,11 @@ pub struct TemplateDeleted {
 )]
 pub async fn put_file(
     State(app): State<AppState>,
+    caller: Caller,
     Path((id, file)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let tenant = TenantId::default_tenant();
+    let tenant = caller.tenant;
     let id = TemplateId::parse(&id)?;
     let file = FileName::parse(&file)?;
     let body = body?;
@@ -131,8 +133,8 @@ pub async fn put_file(
         (status = 500, description = "Storage failure", body = ErrorEnvelope),
     )
 )]
-pub async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let list = app.templates.list(&TenantId::default_tenant()).await?;
+pub async fn list(State(app): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let list = app.templates.list(&caller.tenant).await?;
     let n = list.len();
     Ok(ok(
         StatusCode::OK,
@@ -159,12 +161,13 @@ pub async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
 )]
 pub async fn get(
     State(app): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = TemplateId::parse(&id)?;
     let info = app
         .templates
-        .get(&TenantId::default_tenant(), &id)
+        .get(&caller.tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("template {:?} not found", id.as_str())))?;
     Ok(ok(
@@ -193,14 +196,12 @@ pub async fn get(
 )]
 pub async fn get_file(
     State(app): State<AppState>,
+    caller: Caller,
     Path((id, file)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let id = TemplateId::parse(&id)?;
     let file = FileName::parse(&file)?;
-    let bytes = app
-        .templates
-        .read_file(&TenantId::default_tenant(), &id, &file)
-        .await?;
+    let bytes = app.templates.read_file(&caller.tenant, &id, &file).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -220,14 +221,11 @@ pub async fn get_file(
 )]
 pub async fn delete(
     State(app): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = TemplateId::parse(&id)?;
-    if !app
-        .templates
-        .delete(&TenantId::default_tenant(), &id)
-        .await?
-    {
+    if !app.templates.delete(&caller.tenant, &id).await? {
         return Err(ApiError::not_found(format!(
             "template {:?} not found",
             id.as_str()

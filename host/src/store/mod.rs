@@ -130,7 +130,29 @@ CREATE TABLE IF NOT EXISTS tasks (
     extension     TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
+CREATE INDEX IF NOT EXISTS tasks_tenant_status ON tasks (tenant, status);
+CREATE TABLE IF NOT EXISTS idempotency (
+    tenant     TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    request    TEXT NOT NULL,
+    task_ids   TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key)
+) WITHOUT ROWID;
 ";
+
+/// What an `Idempotency-Key` found (see [`TaskStore::idempotency_begin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Idempotency {
+    /// First use of the key: go on, then commit or abort.
+    Reserved,
+    /// The same request was accepted before with these tasks.
+    Replay(Vec<String>),
+    /// The same request is being handled right now.
+    InProgress,
+    /// The key was used for a different request.
+    Mismatch,
+}
 
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -323,6 +345,104 @@ impl TaskStore {
                 .optional()
             })
             .await?)
+    }
+
+    /// Tasks queued or running, of one tenant or of all.
+    pub async fn count_open(&self, tenant: Option<&TenantId>) -> Result<u64, StoreError> {
+        let tenant = tenant.map(|t| t.to_string());
+        Ok(self
+            .db
+            .read(move |c| match &tenant {
+                Some(t) => c
+                    .prepare_cached(
+                        "SELECT count(*) FROM tasks WHERE tenant = ?1 AND status IN ('queued', 'running')",
+                    )?
+                    .query_row([t], |r| r.get::<_, i64>(0)),
+                None => c
+                    .prepare_cached(
+                        "SELECT count(*) FROM tasks WHERE status IN ('queued', 'running')",
+                    )?
+                    .query_row([], |r| r.get::<_, i64>(0)),
+            })
+            .await? as u64)
+    }
+
+    /// Claim an `Idempotency-Key` for a request (`request` identifies it:
+    /// a hash of the endpoint and body). Keys older than `window` are
+    /// forgotten first.
+    pub async fn idempotency_begin(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        request: &str,
+        window: chrono::Duration,
+    ) -> Result<Idempotency, StoreError> {
+        let (tenant, key, request) = (tenant.to_string(), key.to_string(), request.to_string());
+        Ok(self
+            .db
+            .write(move |c| {
+                let now = Utc::now();
+                c.execute(
+                    "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND created_at < ?3",
+                    params![tenant, key, ms(now - window)],
+                )?;
+                let found: Option<(String, Option<String>)> = c
+                    .query_row(
+                        "SELECT request, task_ids FROM idempotency WHERE tenant = ?1 AND key = ?2",
+                        params![tenant, key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                Ok(match found {
+                    None => {
+                        c.execute(
+                            "INSERT INTO idempotency (tenant, key, request, created_at) VALUES (?1, ?2, ?3, ?4)",
+                            params![tenant, key, request, ms(now)],
+                        )?;
+                        Idempotency::Reserved
+                    }
+                    Some((r, _)) if r != request => Idempotency::Mismatch,
+                    Some((_, None)) => Idempotency::InProgress,
+                    Some((_, Some(ids))) => Idempotency::Replay(
+                        serde_json::from_str(&ids).unwrap_or_default(),
+                    ),
+                })
+            })
+            .await?)
+    }
+
+    /// Record the tasks a reserved key's request created.
+    pub async fn idempotency_commit(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        task_ids: &[String],
+    ) -> Result<(), StoreError> {
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        let ids = serde_json::to_string(task_ids).unwrap_or_default();
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE idempotency SET task_ids = ?3 WHERE tenant = ?1 AND key = ?2",
+                    params![tenant, key, ids],
+                )
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Release a reserved key whose request was not accepted.
+    pub async fn idempotency_abort(&self, tenant: &TenantId, key: &str) -> Result<(), StoreError> {
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND task_ids IS NULL",
+                    params![tenant, key],
+                )
+            })
+            .await?;
+        Ok(())
     }
 
     /// Number of tasks in each status.

@@ -1,0 +1,280 @@
+//! Who is calling: an API key names a tenant (or an admin). Keys are kept
+//! only as SHA-256 hashes, from the config's `auth:` block and an optional
+//! keys file that is re-read when it changes (add or revoke keys without a
+//! restart). With `auth.mode: none` every caller is the `default` tenant
+//! with admin rights — for local development only.
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use crate::config::{AuthConfig, AuthMode, ConfigError, KeysFile, TenantConfig, TenantLimits};
+use crate::ids::TenantId;
+
+/// How often the keys file's modification time is checked.
+const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The tenant whose templates, tasks and results the caller sees.
+    pub tenant: TenantId,
+    /// May use the admin endpoints (restarts, dead letters, plugins).
+    pub admin: bool,
+    pub limits: TenantLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing API key: send `Authorization: Bearer <key>`")]
+    Missing,
+    #[error("malformed Authorization header: expected `Bearer <key>`")]
+    Malformed,
+    #[error("unknown or revoked API key")]
+    Unknown,
+    #[error("this endpoint needs an admin key")]
+    NotAdmin,
+    #[error("admin keys manage the service and own no templates or tasks: use a tenant key")]
+    AdminHasNoTenant,
+}
+
+/// The `sha256:<hex>` form of a key, as stored in the config.
+pub fn hash_key(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+#[derive(Debug, Clone)]
+enum Principal {
+    Tenant(TenantId),
+    Admin,
+}
+
+#[derive(Debug, Default)]
+struct Keyring {
+    keys: HashMap<String, Principal>,
+    limits: HashMap<String, TenantLimits>,
+}
+
+impl Keyring {
+    fn build(admin_keys: &[&String], tenants: &[&TenantConfig]) -> Keyring {
+        let mut ring = Keyring::default();
+        for k in admin_keys {
+            ring.keys.insert(k.to_ascii_lowercase(), Principal::Admin);
+        }
+        for t in tenants {
+            // Ids were validated with the config.
+            let Ok(id) = TenantId::parse(&t.id) else {
+                continue;
+            };
+            for k in &t.keys {
+                ring.keys
+                    .insert(k.to_ascii_lowercase(), Principal::Tenant(id.clone()));
+            }
+            ring.limits.insert(t.id.clone(), t.limits.clone());
+        }
+        ring
+    }
+}
+
+pub struct Auth {
+    mode: AuthMode,
+    config: AuthConfig,
+    ring: RwLock<Arc<Keyring>>,
+}
+
+impl Auth {
+    /// Build from the config, reading the keys file if there is one.
+    pub fn new(config: &AuthConfig) -> Result<Auth, ConfigError> {
+        let file = match &config.keys_file {
+            Some(p) => Some(KeysFile::load(p)?),
+            None => None,
+        };
+        let auth = Auth {
+            mode: config.mode,
+            config: config.clone(),
+            ring: RwLock::new(Arc::default()),
+        };
+        auth.install(file.as_ref());
+        Ok(auth)
+    }
+
+    fn install(&self, file: Option<&KeysFile>) {
+        let mut admins: Vec<&String> = self.config.admin_keys.iter().collect();
+        let mut tenants: Vec<&TenantConfig> = self.config.tenants.iter().collect();
+        if let Some(f) = file {
+            admins.extend(f.admin_keys.iter());
+            tenants.extend(f.tenants.iter());
+        }
+        let ring = Arc::new(Keyring::build(&admins, &tenants));
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring;
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// Re-read the keys file whenever its modification time changes; a
+    /// broken file is reported and the keys in force stay.
+    pub fn watch(self: &Arc<Self>) {
+        let Some(path) = self.config.keys_file.clone() else {
+            return;
+        };
+        let auth = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last = modified(&path);
+            loop {
+                tokio::time::sleep(KEYS_FILE_POLL).await;
+                let Some(auth) = auth.upgrade() else { return };
+                let now = modified(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                match KeysFile::load(&path) {
+                    Ok(file) => {
+                        auth.install(Some(&file));
+                        tracing::info!(path = %path.display(), "keys file reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "keys file not reloaded; the keys in force stay")
+                    }
+                }
+            }
+        });
+    }
+
+    /// The caller of a request with this `Authorization` header value.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        if self.mode == AuthMode::None {
+            return Ok(Caller {
+                tenant: TenantId::default_tenant(),
+                admin: true,
+                limits: TenantLimits::default(),
+            });
+        }
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let key = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(AuthError::Malformed)?;
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match ring.keys.get(&hash_key(key)) {
+            Some(Principal::Tenant(t)) => Ok(Caller {
+                tenant: t.clone(),
+                admin: false,
+                limits: ring.limits.get(t.as_str()).cloned().unwrap_or_default(),
+            }),
+            Some(Principal::Admin) => Err(AuthError::AdminHasNoTenant),
+            None => Err(AuthError::Unknown),
+        }
+    }
+
+    /// An admin caller, or why not.
+    pub fn authenticate_admin(&self, authorization: Option<&str>) -> Result<(), AuthError> {
+        if self.mode == AuthMode::None {
+            return Ok(());
+        }
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let key = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(AuthError::Malformed)?;
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match ring.keys.get(&hash_key(key)) {
+            Some(Principal::Admin) => Ok(()),
+            Some(Principal::Tenant(_)) => Err(AuthError::NotAdmin),
+            None => Err(AuthError::Unknown),
+        }
+    }
+}
+
+fn modified(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            mode: AuthMode::Keys,
+            admin_keys: vec![hash_key("root-key")],
+            tenants: vec![
+                TenantConfig {
+                    id: "acme".into(),
+                    keys: vec![hash_key("acme-key"), hash_key("acme-key-2")],
+                    limits: TenantLimits {
+                        max_queued: Some(5),
+                        ..Default::default()
+                    },
+                },
+                TenantConfig {
+                    id: "globex".into(),
+                    keys: vec![hash_key("globex-key")],
+                    limits: TenantLimits::default(),
+                },
+            ],
+            keys_file: None,
+        }
+    }
+
+    #[test]
+    fn keys_name_tenants_and_admins() {
+        let auth = Auth::new(&config()).unwrap();
+        let c = auth.authenticate(Some("Bearer acme-key-2")).unwrap();
+        assert_eq!(c.tenant.as_str(), "acme");
+        assert!(!c.admin);
+        assert_eq!(c.limits.max_queued, Some(5));
+        assert_eq!(
+            auth.authenticate(Some("Bearer globex-key"))
+                .unwrap()
+                .tenant
+                .as_str(),
+            "globex"
+        );
+        assert_eq!(auth.authenticate(None).unwrap_err(), AuthError::Missing);
+        assert_eq!(
+            auth.authenticate(Some("Basic abc")).unwrap_err(),
+            AuthError::Malformed
+        );
+        assert_eq!(
+            auth.authenticate(Some("Bearer nope")).unwrap_err(),
+            AuthError::Unknown
+        );
+        assert_eq!(
+            auth.authenticate(Some("Bearer root-key")).unwrap_err(),
+            AuthError::AdminHasNoTenant
+        );
+        assert!(auth.authenticate_admin(Some("Bearer root-key")).is_ok());
+        assert_eq!(
+            auth.authenticate_admin(Some("Bearer acme-key"))
+                .unwrap_err(),
+            AuthError::NotAdmin
+        );
+    }
+
+    #[test]
+    fn without_auth_everyone_is_the_default_tenant() {
+        let auth = Auth::new(&AuthConfig::default()).unwrap();
+        let c = auth.authenticate(None).unwrap();
+        assert_eq!(c.tenant, TenantId::default_tenant());
+        assert!(auth.authenticate_admin(None).is_ok());
+    }
+
+    #[test]
+    fn the_config_holds_hashes_never_keys() {
+        let mut c = config();
+        c.tenants[0].keys.push("acme-plaintext".into());
+        let err = crate::config::validate_keys(&c.admin_keys, &c.tenants).unwrap_err();
+        assert!(err.to_string().contains("auth.tenants[].keys"), "{err}");
+        assert!(hash_key("x").starts_with("sha256:"));
+        assert_eq!(hash_key("x").len(), 7 + 64);
+    }
+}
