@@ -185,6 +185,10 @@ pub struct ServerConfig {
     /// topic, so it must be unique per API process and stable across its
     /// restarts.
     pub instance_id: String,
+    /// On SIGTERM/SIGINT: stop accepting, then give tasks in flight this
+    /// long (milliseconds) to finish; those still running are left to the
+    /// queue (delivered again) and the process exits 0.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -193,6 +197,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8000".into(),
             role: Role::All,
             instance_id: "api-1".into(),
+            shutdown_grace_ms: 30_000,
         }
     }
 }

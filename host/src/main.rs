@@ -229,7 +229,11 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(cli))
+    let result = rt.block_on(run(cli));
+    // Renders abandoned at the end of a shutdown grace period must not
+    // hold the exit (dropping the runtime would wait for them).
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 async fn run(cli: Cli) -> Result<()> {

@@ -170,16 +170,46 @@ impl Server {
         if !role.runs_api() {
             app = app.layer(axum::middleware::from_fn(worker_only));
         }
+        let grace = std::time::Duration::from_millis(state.config.server.shutdown_grace_ms);
         let task = tokio::spawn(async move {
             let down = shutdown.clone();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { down.wait().await })
-                .await
-                .map_err(ServeError::Serve)?;
-            tracing::info!("HTTP stopped; finishing tasks in flight");
-            queue.stop_consuming().await;
-            if let Some(s) = subscription.as_ref() {
-                s.stop().await;
+            let mut http = tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { down.wait().await })
+                    .into_future(),
+            );
+            tokio::select! {
+                // The server failed by itself.
+                r = &mut http => {
+                    queue.stop_consuming().await;
+                    return r
+                        .map_err(|e| ServeError::Serve(std::io::Error::other(e)))?
+                        .map_err(ServeError::Serve);
+                }
+                _ = shutdown.wait() => {}
+            }
+            // No new connections from here on (the listener is closed);
+            // requests in progress and tasks in flight get `grace` together.
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutting down: accepting nothing new, finishing tasks in flight"
+            );
+            let drain = async {
+                let (http, ()) = tokio::join!(&mut http, queue.stop_consuming());
+                if let Some(s) = subscription.as_ref() {
+                    s.stop().await;
+                }
+                http
+            };
+            match tokio::time::timeout(grace, drain).await {
+                Ok(_) => tracing::info!("stopped: every task in flight finished"),
+                Err(_) => {
+                    http.abort();
+                    tracing::warn!(
+                        grace_ms = grace.as_millis() as u64,
+                        "grace period over: tasks still in flight are left to the queue and will run again"
+                    );
+                }
             }
             Ok(())
         });

@@ -147,6 +147,40 @@ impl TestServer {
         }
     }
 
+    /// Process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Send SIGTERM (graceful shutdown); the process keeps running until
+    /// it exits by itself (see [`TestServer::wait_exit`]).
+    pub fn sigterm(&self) {
+        let pid = self.pid().expect("server is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Wait up to `timeout` for the process to exit by itself; returns its
+    /// exit status (the process is then gone: [`TestServer::restart`]
+    /// starts it again), or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Start again on the same data directory.
     pub fn restart(&mut self) {
         self.kill9();
