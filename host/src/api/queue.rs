@@ -254,10 +254,7 @@ pub async fn consumer_lag(State(app): State<AppState>) -> Result<Response, ApiEr
         (status = 503, description = "The new consumer could not start", body = ErrorEnvelope),
     )
 )]
-pub async fn restart_consumer(
-    State(app): State<AppState>,
-    _: Admin,
-) -> Result<Response, ApiError> {
+pub async fn restart_consumer(State(app): State<AppState>, _: Admin) -> Result<Response, ApiError> {
     app.queue.stop_consuming().await;
     app.queue
         .start_consuming(app.handler.clone(), app.concurrency)
@@ -283,10 +280,7 @@ pub async fn restart_consumer(
         (status = 503, description = "The new producer could not start", body = ErrorEnvelope),
     )
 )]
-pub async fn restart_producer(
-    State(app): State<AppState>,
-    _: Admin,
-) -> Result<Response, ApiError> {
+pub async fn restart_producer(State(app): State<AppState>, _: Admin) -> Result<Response, ApiError> {
     app.queue.restart_producer().await?;
     tracing::info!("producer restarted");
     Ok(ok(
