@@ -446,3 +446,40 @@ fn hash_key_command_prints_the_form_the_config_takes() {
     assert_eq!(printed, hash_key("k1"));
     assert_ne!(printed, hash_key("k2"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_results_and_the_status_says_when() {
+    let s = TestServer::start(&["text"], "limits:\n  result_retention_s: 2\n").await;
+    s.put_template("t", "t.txt", "n={{ n }}").await;
+    let id = s.submit("t", "txt", json!({ "n": 1 })).await;
+    let t = s.wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    let finished =
+        chrono::DateTime::parse_from_rfc3339(t["finished_at"].as_str().expect("finished"))
+            .expect("time");
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(t["result_expires_at"].as_str().expect("expires_at"))
+            .expect("time");
+    assert_eq!((expires - finished).num_seconds(), 2, "{t}");
+    let file = s.dir.path().join(format!("data/results/default/{id}.txt"));
+    assert!(file.exists(), "{}", file.display());
+    assert_eq!(s.result(&id).await.status(), 200);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let t = loop {
+        let (_, b) = s.get_json(&format!("/api/v1/tasks/{id}")).await;
+        if !b["data"]["result_expired_at"].is_null() {
+            break b["data"].clone();
+        }
+        assert!(Instant::now() < deadline, "never expired: {b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(t["result_url"].is_null(), "{t}");
+    assert!(t["result_expires_at"].is_null(), "{t}");
+    assert_eq!(t["status"], "succeeded", "the task's outcome stays: {t}");
+    assert!(!file.exists(), "file still there: {}", file.display());
+    let resp = s.result(&id).await;
+    assert_eq!(resp.status(), 410);
+    let body: Value = resp.json().await.expect("json");
+    assert!(message(&body).contains("expired"), "{body}");
+}

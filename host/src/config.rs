@@ -334,16 +334,19 @@ pub struct LimitsConfig {
     pub fuel: Option<u64>,
     /// Guest stdout and stderr kept per task (each), in KiB; the rest is dropped.
     pub stdio_kb: usize,
-}
-
-/// Per-plugin overrides of `limits:` (under `plugins.limits.<plugin name>`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
     /// Backpressure: tasks queued or running in all, beyond which submits
     /// are refused with 503 and `Retry-After` instead of growing the queue.
     pub max_queued_tasks: u64,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_hours: u64,
+    /// How long result files are kept after a task succeeded; then they are
+    /// deleted and the download answers 410.
+    pub result_retention_s: u64,
+}
+
+/// Per-plugin overrides of `limits:` (under `plugins.limits.<plugin name>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimitsOverride {
     pub timeout_ms: Option<u64>,
     pub memory_mb: Option<u64>,
@@ -361,13 +364,14 @@ impl Default for LimitsConfig {
             max_template_bytes: 16 * 1024 * 1024,
             fuel: None,
             stdio_kb: 64,
+            max_queued_tasks: 100_000,
+            idempotency_hours: 24,
+            result_retention_s: 7 * 24 * 3600,
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-            max_queued_tasks: 100_000,
-            idempotency_hours: 24,
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// Tasks rendered at once by this process; 0 = number of CPUs.
@@ -544,11 +548,9 @@ impl Config {
         if l.fuel == Some(0) {
             return Err(invalid("limits.fuel", "must be > 0 or null"));
         }
-        if l.max_data_bytes == 0 {
-            return Err(invalid("limits.max_data_bytes", "must be > 0"));
+        if l.result_retention_s == 0 {
+            return Err(invalid("limits.result_retention_s", "must be > 0"));
         }
-        let r = &self.rocketmq;
-        for (key, value) in [
         if l.max_queued_tasks == 0 {
             return Err(invalid("limits.max_queued_tasks", "must be > 0"));
         }
@@ -563,6 +565,11 @@ impl Config {
                 "is `none` but keys are configured: set `mode: keys` to use them",
             ));
         }
+        if l.max_data_bytes == 0 {
+            return Err(invalid("limits.max_data_bytes", "must be > 0"));
+        }
+        let r = &self.rocketmq;
+        for (key, value) in [
             ("rocketmq.name_server", &r.name_server),
             ("rocketmq.producer_group", &r.producer_group),
             ("rocketmq.consumer_group", &r.consumer_group),
@@ -637,6 +644,10 @@ impl Config {
     }
 
     /// Total deliveries of one task before it is dead-lettered.
+    pub fn result_retention(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.limits.result_retention_s.min(i64::MAX as u64 / 2000) as i64)
+    }
+
     pub fn max_attempts(&self) -> u32 {
         self.rocketmq.max_reconsume_times + 1
     }

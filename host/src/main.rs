@@ -395,10 +395,6 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", export_host::config_check::check(&file)?);
             Ok(())
         }
-    }
-}
-
-fn seconds(flag: &str, value: f64) -> Result<std::time::Duration> {
         Command::Auth {
             command: AuthCommand::HashKey { key },
         } => {
@@ -416,6 +412,10 @@ fn seconds(flag: &str, value: f64) -> Result<std::time::Duration> {
             println!("{}", export_host::auth::hash_key(&key));
             Ok(())
         }
+    }
+}
+
+fn seconds(flag: &str, value: f64) -> Result<std::time::Duration> {
     std::time::Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())

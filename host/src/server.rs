@@ -166,6 +166,9 @@ impl Server {
             auth,
             quotas: Arc::default(),
         };
+        if role.runs_api() {
+            spawn_retention(state.store.clone(), state.config.clone());
+        }
         let mut app = api::router(state.clone());
         if !role.runs_api() {
             app = app.layer(axum::middleware::from_fn(worker_only));
@@ -243,4 +246,29 @@ async fn worker_only(
         .into_response();
     }
     next.run(req).await
+}
+
+/// Delete result files past `limits.result_retention_s`, checking every
+/// minute (or every half retention period, when that is shorter).
+fn spawn_retention(store: TaskStore, config: Arc<Config>) {
+    let retention = config.result_retention();
+    let every = std::time::Duration::from_secs((config.limits.result_retention_s / 2).clamp(1, 60));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            loop {
+                match store
+                    .expire_results(chrono::Utc::now() - retention, 500)
+                    .await
+                {
+                    Ok(0) => break,
+                    Ok(n) => tracing::info!(n, "expired result files deleted"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "result retention failed; trying again later");
+                        break;
+                    }
+                }
+            }
+        }
+    });
 }

@@ -76,17 +76,27 @@ pub struct TaskView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub result: Option<ResultView>,
-    /// Where to download the document, once succeeded.
+    /// Where to download the document, once succeeded (until it expires).
     pub result_url: Option<String>,
+    /// When the result will be deleted (`limits.result_retention_s`).
+    pub result_expires_at: Option<DateTime<Utc>>,
+    /// When the result was deleted by retention.
+    pub result_expired_at: Option<DateTime<Utc>>,
 }
 
-impl From<TaskRecord> for TaskView {
-    fn from(t: TaskRecord) -> TaskView {
-        let result_url = t
-            .result
-            .as_ref()
-            .map(|_| format!("/api/v1/tasks/{}/result", t.task_id));
+impl TaskView {
+    /// The view of a task record, with retention `retention`.
+    pub fn new(t: TaskRecord, retention: chrono::Duration) -> TaskView {
+        let live = t.result.is_some() && t.result_expired_at.is_none();
+        let result_url = live.then(|| format!("/api/v1/tasks/{}/result", t.task_id));
+        let result_expires_at = if live {
+            t.finished_at.map(|f| f + retention)
+        } else {
+            None
+        };
         TaskView {
+            result_expires_at,
+            result_expired_at: t.result_expired_at,
             task_id: t.task_id,
             template_id: t.template_id,
             output_format: t.output_format,
@@ -118,7 +128,9 @@ impl From<TaskRecord> for TaskView {
     operation_id = "get_task",
     tag = "tasks",
     params(("task_id" = String, Path, description = "As returned by `POST /api/v1/export`")),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
         (status = 200, description = "The task", body = Envelope<TaskView>),
         (status = 400, description = "Invalid task id", body = ErrorEnvelope),
         (status = 404, description = "No such task", body = ErrorEnvelope),
@@ -138,7 +150,11 @@ pub async fn status(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))?;
     let message = format!("task is {}", task.status.as_str());
-    Ok(ok(StatusCode::OK, TaskView::from(task), message))
+    Ok(ok(
+        StatusCode::OK,
+        TaskView::new(task, app.config.result_retention()),
+        message,
+    ))
 }
 
 /// Download the document of a succeeded task.
@@ -148,7 +164,9 @@ pub async fn status(
     operation_id = "get_task_result",
     tag = "tasks",
     params(("task_id" = String, Path, description = "A succeeded task")),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
         (status = 200, description = "The document, with its media type as `Content-Type` and a `Content-Disposition: attachment` file name",
             content(("application/octet-stream")),
             headers(("Content-Disposition" = String, description = "`attachment; filename=\"<template>-<task>.<ext>\"`"))),
@@ -186,6 +204,15 @@ pub async fn result(
             .with_data(json!({ "status": status })));
         }
     };
+    if let Some(at) = task.result_expired_at {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            format!(
+                "the result of task {id} expired at {at} (results are kept {} s)",
+                app.config.limits.result_retention_s
+            ),
+        ));
+    }
     let path = app.store.result_path(&tenant, &id, &meta.extension);
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
         ApiError::new(

@@ -108,6 +108,8 @@ pub struct TaskRecord {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub result: Option<ResultMeta>,
+    /// When retention deleted the result file.
+    pub result_expired_at: Option<DateTime<Utc>>,
 }
 
 const SCHEMA: &str = "
@@ -131,6 +133,10 @@ CREATE TABLE IF NOT EXISTS tasks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
 CREATE INDEX IF NOT EXISTS tasks_tenant_status ON tasks (tenant, status);
+CREATE TABLE IF NOT EXISTS expired (
+    task_id TEXT PRIMARY KEY,
+    at      INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant     TEXT NOT NULL,
     key        TEXT NOT NULL,
@@ -305,7 +311,8 @@ impl TaskStore {
             .read(move |c| {
                 c.query_row(
                     "SELECT task_id, tenant, template_id, output_format, priority, status, attempts, error_class,
-                            error_message, retryable, created_at, started_at, finished_at, result_size, media_type, extension
+                            error_message, retryable, created_at, started_at, finished_at, result_size, media_type, extension,
+                            (SELECT at FROM expired e WHERE e.task_id = tasks.task_id)
                      FROM tasks WHERE task_id = ?1 AND tenant = ?2",
                     [&id, &tenant],
                     |r| {
@@ -339,6 +346,7 @@ impl TaskStore {
                             started_at: from_ms(r.get(11)?),
                             finished_at: from_ms(r.get(12)?),
                             result,
+                            result_expired_at: from_ms(r.get(16)?),
                         })
                     },
                 )
@@ -443,6 +451,70 @@ impl TaskStore {
             })
             .await?;
         Ok(())
+    }
+
+    /// Retention: delete the result files of tasks that succeeded before
+    /// `cutoff` (at most `limit` per call) and remember when. Returns how
+    /// many were expired.
+    pub async fn expire_results(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let due: Vec<(String, String, String)> = self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT task_id, tenant, extension FROM tasks
+                     WHERE status = 'succeeded' AND finished_at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM expired e WHERE e.task_id = tasks.task_id)
+                     LIMIT ?2",
+                )?;
+                stmt.query_map(params![ms(cutoff), limit as i64], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    ))
+                })?
+                .collect()
+            })
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let results = self.results.clone();
+        let done = due.clone();
+        tokio::task::spawn_blocking(move || {
+            for (id, tenant, ext) in &done {
+                let path = results.join(tenant).join(format!("{id}.{ext}"));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(StoreError::Io { path, source }),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            path: self.results.clone(),
+            source: std::io::Error::other(e),
+        })??;
+        let n = due.len();
+        self.db
+            .write(move |c| {
+                let now = ms(Utc::now());
+                let mut stmt = c.prepare_cached(
+                    "INSERT OR IGNORE INTO expired (task_id, at) VALUES (?1, ?2)",
+                )?;
+                for (id, _, _) in &due {
+                    stmt.execute(params![id, now])?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(n)
     }
 
     /// Number of tasks in each status.
