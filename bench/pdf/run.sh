@@ -10,8 +10,11 @@ cd "$root"
 n="${1:-20}"
 
 echo "==> building the host, the pdf plugin and the native twin"
-cargo build --release -q
-scripts/build-plugins.sh pdf >/dev/null
+# BENCH_PREBUILT=1 (scripts/bench.sh): the host and plugins are built already.
+if [ "${BENCH_PREBUILT:-}" != 1 ]; then
+  cargo build --release -q
+  scripts/build-plugins.sh pdf >/dev/null
+fi
 (cd bench/pdf && CARGO_TARGET_DIR="$root/target/native-pdf" cargo build --release -q)
 
 plugins="$root/target/bench-pdf-plugins"

@@ -7,7 +7,7 @@
 //! usage: export-host-pdf-bench FONT_DIR N TEMPLATE.typ DATA.json [TEMPLATE DATA ...]
 //! env: UNTAGGED=1 renders without the tagged-PDF structure (option
 //! `tagged=false`); COUNT_RANGES=1 prints the coverage ranges per face (what
-//! the host's `faces()` carries).
+//! the host's `faces()` carries); LOG_FONTS=1 names every font file loaded.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +25,11 @@ struct DirFonts {
 
 impl FontSource for DirFonts {
     fn data(&self, id: u32) -> Option<Vec<u8>> {
-        std::fs::read(&self.faces.get(id as usize)?.0).ok()
+        let path = &self.faces.get(id as usize)?.0;
+        if std::env::var_os("LOG_FONTS").is_some() {
+            eprintln!("font data requested: face {id}, {}", path.display());
+        }
+        std::fs::read(path).ok()
     }
 }
 
