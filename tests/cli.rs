@@ -662,3 +662,50 @@ fn deployment_files_agree() {
         "{scrape}"
     );
 }
+
+/// `tasks watch` without `--once`: one line per refresh when stdout is not
+/// a terminal, until Ctrl-C (SIGINT), then exit 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_watch_refreshes_until_ctrl_c() {
+    use tokio::io::AsyncBufReadExt;
+    let s = server_with_templates().await;
+    let ids = s
+        .submit_batch("row", "txt", vec![json!({"n": 1}), json!({"n": 2})], None)
+        .await;
+    for id in &ids {
+        s.wait_final(id, Duration::from_secs(30)).await;
+    }
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_export-host"))
+        .args(["tasks", "watch", "--interval", "0.2", "--server", &s.base])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("watch");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("a refresh within 10 s")
+            .expect("read")
+            .expect("a line");
+        seen.push(line);
+    }
+    for line in &seen {
+        assert!(
+            line.contains(" total=2 lag=0 in_flight=0 dead=0 consumed_5m=2 errors_5m=0 "),
+            "{seen:?}"
+        );
+    }
+    let pid = child.id().expect("running");
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after Ctrl-C")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}

@@ -172,11 +172,7 @@ pub fn plain_line(
     } else {
         0.0
     };
-    let percent = if total > 0 {
-        position * 100 / total
-    } else {
-        100
-    };
+    let percent = (position * 100).checked_div(total).unwrap_or(100);
     let eta = if position >= total {
         "done".to_string()
     } else if rate > 0.0 {
