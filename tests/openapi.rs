@@ -132,16 +132,12 @@ async fn the_document_passes_an_independent_validator() {
     assert!(html.contains("\"/api/v1/queue/status\""), "{html}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_route_is_documented_and_every_documented_route_is_served() {
-    let s = TestServer::start(&["text"], "").await;
-    let doc = document(&s).await;
-    let ops = operations(&doc);
-
-    // Each documented operation is served (not the 404 fallback, not 405)
-    // and answers with a status its documentation lists; each method a
-    // path does not document is not served (405).
-    for (path, methods) in &ops {
+/// Each documented operation of `doc` is served by `s` (not the 404
+/// fallback, not 405) and answers a request without credentials with a
+/// status its documentation lists (401 only where it declares `security`);
+/// each method a path does not document is not served (405).
+async fn check_served(s: &TestServer, doc: &Value) {
+    for (path, methods) in &operations(doc) {
         for method in METHODS {
             let url = s.url(&fill(path, "x"));
             let req = s
@@ -160,13 +156,19 @@ async fn every_route_is_documented_and_every_documented_route_is_served() {
                     !fallback && status != 405,
                     "{method} {path} is documented but not served ({status})"
                 );
-                let documented = &doc["paths"][path][method]["responses"];
+                let op = &doc["paths"][path][method];
                 assert!(
-                    documented.get(status.to_string()).is_some(),
+                    op["responses"].get(status.to_string()).is_some(),
                     "{method} {path} answered {status}, which its documentation does not list: {}\n{}",
                     String::from_utf8_lossy(&body),
-                    documented
+                    op["responses"]
                 );
+                if status == 401 {
+                    assert!(
+                        op["security"].is_array(),
+                        "{method} {path} wants a key but declares no security"
+                    );
+                }
             } else {
                 assert_eq!(
                     status, 405,
@@ -175,6 +177,43 @@ async fn every_route_is_documented_and_every_documented_route_is_served() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_is_documented_and_every_documented_route_is_served() {
+    let s = TestServer::start(&["text"], "").await;
+    let doc = document(&s).await;
+    let ops = operations(&doc);
+    check_served(&s, &doc).await;
+
+    // With API keys required, the same holds (401 and 403 documented).
+    let keys = format!(
+        "auth:\n  mode: keys\n  admin_keys: [\"{}\"]\n  tenants:\n    - id: acme\n      keys: [\"{}\"]\n",
+        export_host::auth::hash_key("admin-key"),
+        export_host::auth::hash_key("tenant-key"),
+    );
+    let guarded = TestServer::start(&["text"], &keys).await;
+    assert_eq!(
+        document(&guarded).await,
+        doc,
+        "one document whatever the auth mode"
+    );
+    check_served(&guarded, &doc).await;
+    let r = guarded
+        .http
+        .post(guarded.url("/api/v1/queue/producer/restart"))
+        .bearer_auth("tenant-key")
+        .send()
+        .await
+        .expect("restart with a tenant key");
+    assert_eq!(r.status(), 403);
+    let documented = &doc["paths"]["/api/v1/queue/producer/restart"]["post"]["responses"];
+    assert!(documented.get("403").is_some(), "{documented}");
+    assert!(
+        doc["components"]["securitySchemes"]["api_key"]["scheme"] == "bearer",
+        "{}",
+        doc["components"]
+    );
 
     // Every route of the README's API table is documented.
     let readme = std::fs::read_to_string(common::repo_root().join("README.md")).expect("README");

@@ -75,12 +75,17 @@ pub struct BatchAccepted {
     operation_id = "submit_export",
     tag = "export",
     request_body = ExportRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key with the same request answers the first task ids (at most 128 visible ASCII characters)")),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
+        (status = 409, description = "The `Idempotency-Key` was used for a different request, or a request with it is still being handled", body = ErrorEnvelope),
+        (status = 429, description = "Over the tenant's submit rate or queued-task limit; `Retry-After` says when to try again", body = ErrorEnvelope),
         (status = 202, description = "Queued", body = Envelope<TaskAccepted>),
         (status = 400, description = "Malformed JSON (with line and column), invalid id, priority out of range, data not an object, unknown output format (`data.available_formats` lists them) or a template without a file the format renders from", body = ErrorEnvelope),
         (status = 404, description = "Unknown template", body = ErrorEnvelope),
         (status = 413, description = "Data over `limits.max_data_bytes`, or the message over the queue's message size limit", body = ErrorEnvelope),
-        (status = 503, description = "The queue did not accept the task (nothing was recorded)", body = ErrorEnvelope),
+        (status = 503, description = "The queue did not accept the task (nothing was recorded), or the service is shedding load (`Retry-After`)", body = ErrorEnvelope),
         (status = 500, description = "Storage failure", body = ErrorEnvelope),
     )
 )]
@@ -195,12 +200,17 @@ where
     operation_id = "submit_export_batch",
     tag = "export",
     request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key with the same request answers the first task ids (at most 128 visible ASCII characters)")),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
+        (status = 409, description = "The `Idempotency-Key` was used for a different request, or a request with it is still being handled", body = ErrorEnvelope),
+        (status = 429, description = "Over the tenant's submit rate or queued-task limit; `Retry-After` says when to try again", body = ErrorEnvelope),
         (status = 202, description = "All queued", body = Envelope<BatchAccepted>),
         (status = 400, description = "As for one task; also an empty `data_list` or more than 1000 items", body = ErrorEnvelope),
         (status = 404, description = "Unknown template", body = ErrorEnvelope),
         (status = 413, description = "An item over `limits.max_data_bytes` (named by index), or a message over the queue's limit", body = ErrorEnvelope),
-        (status = 503, description = "The queue did not accept the batch (nothing was recorded)", body = ErrorEnvelope),
+        (status = 503, description = "The queue did not accept the batch (nothing was recorded), or the service is shedding load (`Retry-After`)", body = ErrorEnvelope),
         (status = 500, description = "Storage failure", body = ErrorEnvelope),
     )
 )]

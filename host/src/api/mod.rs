@@ -64,9 +64,32 @@ pub struct AppState {
         (name = "monitoring", description = "Prometheus metrics, liveness and readiness"),
         (name = "docs", description = "This document and its interactive page"),
     ),
-    components(schemas(ErrorEnvelope))
+    components(schemas(ErrorEnvelope)),
+    modifiers(&ApiKeyScheme)
 )]
 struct ApiDoc;
+
+/// The `api_key` security scheme: `Authorization: Bearer <key>`.
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`auth.mode: keys`): a tenant's, or an admin key for \
+                         restarts and plugins. Not needed with `auth.mode: none`.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// Every route with its documentation: a route is added here with
 /// `routes!` from a handler's `#[utoipa::path]`, so none exists without its
@@ -233,7 +256,12 @@ async fn formats(State(app): State<AppState>) -> Response {
     path = "/api/v1/plugins",
     operation_id = "list_plugins",
     tag = "catalog",
-    responses((status = 200, description = "Plugins", body = Envelope<PluginList>))
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Plugins", body = Envelope<PluginList>),
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
+        (status = 403, description = "A tenant key on an admin endpoint", body = ErrorEnvelope),
+    )
 )]
 async fn plugins(State(app): State<AppState>, _: caller::Admin) -> Response {
     let plugins = app

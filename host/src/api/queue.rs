@@ -249,7 +249,10 @@ pub async fn consumer_lag(State(app): State<AppState>) -> Result<Response, ApiEr
     path = "/api/v1/queue/consumer/restart",
     operation_id = "restart_consumer",
     tag = "queue",
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
+        (status = 403, description = "A tenant key on an admin endpoint", body = ErrorEnvelope),
         (status = 200, description = "Restarted", body = Envelope<ConsumerRestarted>),
         (status = 503, description = "The new consumer could not start", body = ErrorEnvelope),
     )
@@ -275,7 +278,10 @@ pub async fn restart_consumer(State(app): State<AppState>, _: Admin) -> Result<R
     path = "/api/v1/queue/producer/restart",
     operation_id = "restart_producer",
     tag = "queue",
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
+        (status = 403, description = "A tenant key on an admin endpoint", body = ErrorEnvelope),
         (status = 200, description = "Restarted", body = Envelope<ProducerRestarted>),
         (status = 503, description = "The new producer could not start", body = ErrorEnvelope),
     )

@@ -71,7 +71,9 @@ pub struct TemplateDeleted {
         ("file_name" = String, Path, description = "e.g. `invoice.docx`, `invoice.typ`, `letter.html`")
     ),
     request_body(description = "The template file", content(("application/octet-stream"))),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
         (status = 201, description = "Stored; the template as it is now", body = Envelope<TemplateView>),
         (status = 400, description = "Invalid id or file name, empty file, or no loaded plugin renders from this kind", body = ErrorEnvelope),
         (status = 413, description = "File over `limits.max_template_bytes`", body = ErrorEnvelope),
@@ -128,7 +130,9 @@ pub async fn put_file(
     path = "/api/v1/templates",
     operation_id = "list_templates",
     tag = "templates",
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
         (status = 200, description = "The templates", body = Envelope<TemplateList>),
         (status = 500, description = "Storage failure", body = ErrorEnvelope),
     )
@@ -152,7 +156,9 @@ pub async fn list(State(app): State<AppState>, caller: Caller) -> Result<Respons
     operation_id = "get_template",
     tag = "templates",
     params(("template_id" = String, Path, description = "A template id")),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
         (status = 200, description = "The template", body = Envelope<TemplateView>),
         (status = 400, description = "Invalid template id", body = ErrorEnvelope),
         (status = 404, description = "No such template", body = ErrorEnvelope),
@@ -187,7 +193,9 @@ pub async fn get(
         ("template_id" = String, Path, description = "A template id"),
         ("file_name" = String, Path, description = "A file of the template")
     ),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
         (status = 200, description = "The file as uploaded", content(("application/octet-stream"))),
         (status = 400, description = "Invalid id or file name", body = ErrorEnvelope),
         (status = 404, description = "No such template or file", body = ErrorEnvelope),
@@ -212,7 +220,9 @@ pub async fn get_file(
     operation_id = "delete_template",
     tag = "templates",
     params(("template_id" = String, Path, description = "A template id")),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
         (status = 200, description = "Deleted", body = Envelope<TemplateDeleted>),
         (status = 400, description = "Invalid template id", body = ErrorEnvelope),
         (status = 404, description = "No such template", body = ErrorEnvelope),
