@@ -1030,12 +1030,12 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
 
 // ---------------------------------------------------------------- shutdown and start-up
 
-/// Poll a task's status until `pred` holds (30 s at most).
-async fn wait_status(s: &TestServer, id: &str, pred: impl Fn(&str) -> bool) -> Value {
+/// Poll a task's status document until `pred` holds (30 s at most).
+async fn wait_status(s: &TestServer, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, t) = s.get_json(&format!("/api/v1/tasks/{id}")).await;
-        if pred(t["data"]["status"].as_str().unwrap_or("")) {
+        if pred(&t["data"]) {
             return t["data"].clone();
         }
         assert!(
@@ -1146,7 +1146,7 @@ async fn sigterm_returns_tasks_still_running_after_the_grace_period() {
     let mut s = TestServer::start(&["chaos"], "server:\n  shutdown_grace_ms: 500\n").await;
     s.put_template("slow", "slow.chaos", "spin:8000").await;
     let id = s.submit("slow", "chaos", json!({ "n": 1 })).await;
-    wait_status(&s, &id, |st| st == "running").await;
+    wait_status(&s, &id, |t| t["status"] == "running").await;
     let termed = Instant::now();
     s.sigterm();
     let status = tokio::task::block_in_place(|| s.wait_exit(Duration::from_secs(7)))
@@ -1266,4 +1266,37 @@ async fn unwritable_data_dir_is_a_clear_startup_error() {
         let t = s.wait_final(id, Duration::from_secs(60)).await;
         assert_eq!(t["status"], "succeeded", "{t}");
     }
+}
+
+/// Regression (found while building the checker): a task whose process
+/// died during every allowed delivery was dead-lettered by the embedded
+/// queue without telling the task store, so the API reported it `running`
+/// forever — an accepted task lost. Now it ends `dead`, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn task_whose_process_dies_on_every_attempt_ends_dead_not_lost() {
+    let mut s = TestServer::start(
+        &["chaos"],
+        "rocketmq:\n  max_reconsume_times: 1\nlimits:\n  timeout_ms: 60000\n",
+    )
+    .await;
+    s.put_template("slow", "slow.chaos", "spin:30000").await;
+    let id = s.submit("slow", "chaos", json!({})).await;
+    // max_attempts = 2: both deliveries die with the process.
+    for attempt in 1..=2 {
+        wait_status(&s, &id, |t| {
+            t["status"] == "running" && t["attempts"] == attempt
+        })
+        .await;
+        tokio::task::block_in_place(|| s.restart());
+    }
+    let t = s.wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!(t["status"], "dead", "{t}");
+    assert_eq!(t["error"]["class"], "host", "{t}");
+    assert!(
+        t["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("delivered 3 times (limit 2)"),
+        "{t}"
+    );
 }

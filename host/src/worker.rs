@@ -53,6 +53,25 @@ impl Worker {
                 );
                 return Disposition::Ack;
             }
+            // None of the earlier deliveries answered (the process died
+            // during each, e.g. a render that takes the host down): record
+            // the task dead rather than run it again.
+            Ok(Start::Proceed) if d.attempt > d.max_attempts => {
+                let reason = format!(
+                    "delivered {} times (limit {}): the earlier deliveries ended without an outcome (the process died, or the outcome could not be recorded)",
+                    d.attempt, d.max_attempts
+                );
+                let disposition = self.give_up(d, reason).await;
+                self.telemetry.delivered(
+                    "dead",
+                    &m.output_format,
+                    m.tenant.as_str(),
+                    "-",
+                    m.created_at,
+                    std::time::Duration::ZERO,
+                );
+                return disposition;
+            }
             Ok(Start::Proceed) => {}
             Ok(Start::Unknown) => {
                 tracing::warn!("message for a task this store does not know; dropped");
@@ -83,6 +102,10 @@ impl Worker {
                         tracing::info!(elapsed_ms, size, "task succeeded");
                         ("succeeded", Disposition::Ack)
                     }
+                    Err(e) if d.is_last_attempt() => (
+                        "dead",
+                        self.give_up(d, format!("storing the result: {e}")).await,
+                    ),
                     Err(e) => (
                         "retry",
                         Disposition::Retry {
@@ -105,6 +128,33 @@ impl Worker {
             elapsed,
         );
         disposition
+    }
+
+    /// End a task as `dead` (class `host`) without another attempt, so it
+    /// does not stay `running` while its message is dead-lettered.
+    async fn give_up(&self, d: &Delivery, reason: String) -> Disposition {
+        let m = &d.message;
+        tracing::warn!(%reason, "task dead");
+        let error = TaskError {
+            class: "host".into(),
+            message: reason.clone(),
+            retryable: false,
+        };
+        let event = TaskEvent::new(
+            m,
+            d.attempt,
+            EventKind::Failed {
+                status: TaskStatus::Dead,
+                error,
+            },
+        );
+        if let Err(e) = self.status.finished(event).await {
+            // The queue keeps the message: the next delivery tries again.
+            return Disposition::Retry {
+                reason: format!("recording the failure: {e}"),
+            };
+        }
+        Disposition::Dead { reason }
     }
 
     /// Write the result file, then report success.

@@ -357,12 +357,8 @@ impl Dispatcher {
             Err(e) => Disposition::Dead {
                 reason: e.to_string(),
             },
-            Ok(_) if attempt > self.max_attempts => Disposition::Dead {
-                reason: format!(
-                    "delivered {attempt} times (limit {}): the process died while handling it",
-                    self.max_attempts
-                ),
-            },
+            // Beyond the last attempt too (the process died during the
+            // earlier deliveries): the handler records the task's end.
             Ok(message) => {
                 self.handler
                     .handle(Delivery {
@@ -372,6 +368,13 @@ impl Dispatcher {
                     })
                     .await
             }
+        };
+        // No retry after a delivery beyond the last attempt.
+        let disposition = match disposition {
+            Disposition::Retry { reason } if attempt > self.max_attempts => Disposition::Dead {
+                reason: format!("{reason} (no retries left after {attempt} attempts)"),
+            },
+            d => d,
         };
         let backoff = (self.backoff)(attempt).as_millis() as i64;
         let result = self

@@ -59,7 +59,10 @@ impl TaskMessage {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub message: TaskMessage,
-    /// 1 for the first delivery, 2 for the first re-delivery, ...
+    /// 1 for the first delivery, 2 for the first re-delivery, ... It can
+    /// exceed `max_attempts` when earlier deliveries never answered (the
+    /// process died): the handler then records the task dead and answers
+    /// `Dead` without running it again.
     pub attempt: u32,
     /// Deliveries allowed in all: `max_reconsume_times + 1`.
     pub max_attempts: u32,
