@@ -20,6 +20,13 @@ if have && [ -x "$venv/bin/openapi-spec-validator" ]; then
 fi
 echo "==> openapi test deps: installing openapi-spec-validator==$want into $venv"
 mkdir -p "$(dirname "$venv")"
-python3 -m venv "$venv"
+if ! python3 -m venv "$venv"; then
+  # Debian's python3 needs its venv package for this.
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || true
+  apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "openapi-spec-validator==$want"
 "$venv/bin/openapi-spec-validator" --help >/dev/null
