@@ -16,6 +16,8 @@ pub enum ClientError {
         path: String,
         status: u16,
         message: String,
+        /// The server's `Retry-After` (seconds), with 429 and 503.
+        retry_after: Option<Duration>,
     },
     /// No usable answer: connection refused, timeout, not our API.
     #[error("{method} {url}: {message}")]
@@ -44,6 +46,19 @@ impl ClientError {
             ClientError::Refused { status, .. } => Some(*status),
             _ => None,
         }
+    }
+
+    /// How long the server asked to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The request may not have reached the server, or its answer was lost.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, ClientError::Transport { .. })
     }
 
     /// The server's own words for a refusal, the whole error otherwise.
@@ -168,13 +183,16 @@ impl ApiClient {
         &self.base
     }
 
-    /// `POST /api/v1/export`: one task; returns its id.
+    /// `POST /api/v1/export`: one task; returns its id. With an
+    /// `idempotency_key`, sending the same request again is safe: the server
+    /// answers the first task id.
     pub async fn submit(
         &self,
         template_id: &str,
         output_format: &str,
         priority: Option<i32>,
         data: &Value,
+        idempotency_key: Option<&str>,
     ) -> Result<String, ClientError> {
         let mut body = json!({
             "template_id": template_id,
@@ -185,7 +203,7 @@ impl ApiClient {
             body["priority"] = json!(p);
         }
         let path = "/api/v1/export";
-        let data = self.post(path, &body).await?;
+        let data = self.post(path, &body, idempotency_key).await?;
         data["task_id"]
             .as_str()
             .map(str::to_string)
@@ -193,10 +211,15 @@ impl ApiClient {
     }
 
     /// `POST /api/v1/export/batch`: all tasks of the request are accepted or
-    /// none; returns the ids in the order of `data_list`.
-    pub async fn submit_batch(&self, req: &BatchRequest<'_>) -> Result<Vec<String>, ClientError> {
+    /// none; returns the ids in the order of `data_list`. The
+    /// `idempotency_key` makes a repeated request safe, as for [`submit`](Self::submit).
+    pub async fn submit_batch(
+        &self,
+        req: &BatchRequest<'_>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Vec<String>, ClientError> {
         let path = "/api/v1/export/batch";
-        let data = self.post(path, req).await?;
+        let data = self.post(path, req, idempotency_key).await?;
         let ids: Vec<String> = data["task_ids"]
             .as_array()
             .ok_or_else(|| protocol("POST", path, "no data.task_ids"))?
@@ -238,7 +261,7 @@ impl ApiClient {
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
-            return Err(refusal("GET", &path, status.as_u16(), &body));
+            return Err(refusal("GET", &path, status.as_u16(), &body, None));
         }
         response
             .bytes()
@@ -275,12 +298,14 @@ impl ApiClient {
         &self,
         path: &str,
         body: &B,
+        idempotency_key: Option<&str>,
     ) -> Result<Value, ClientError> {
         let url = self.url(path);
-        let response = self
-            .http
-            .post(&url)
-            .json(body)
+        let mut request = self.http.post(&url).json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request
             .send()
             .await
             .map_err(|source| transport("POST", &url, source))?;
@@ -295,12 +320,13 @@ async fn envelope(
     response: reqwest::Response,
 ) -> Result<Value, ClientError> {
     let status = response.status();
+    let retry_after = retry_after(response.headers());
     let body = response
         .bytes()
         .await
         .map_err(|source| transport(method, url, source))?;
     if !status.is_success() {
-        return Err(refusal(method, path, status.as_u16(), &body));
+        return Err(refusal(method, path, status.as_u16(), &body, retry_after));
     }
     let env: Envelope = serde_json::from_slice(&body).map_err(|e| {
         protocol(
@@ -315,13 +341,32 @@ async fn envelope(
             path: path.to_string(),
             status: status.as_u16(),
             message: env.message,
+            retry_after,
         });
     }
     Ok(env.data)
 }
 
+/// `Retry-After` in seconds (the HTTP-date form is not used by the server).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
 /// An error status: the envelope's message when there is one, else the body.
-fn refusal(method: &'static str, path: &str, status: u16, body: &[u8]) -> ClientError {
+fn refusal(
+    method: &'static str,
+    path: &str,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> ClientError {
     let message = match serde_json::from_slice::<Envelope>(body) {
         Ok(env) => env.message,
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(500)])
@@ -333,6 +378,7 @@ fn refusal(method: &'static str, path: &str, status: u16, body: &[u8]) -> Client
         path: path.to_string(),
         status,
         message,
+        retry_after,
     }
 }
 

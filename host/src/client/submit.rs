@@ -126,10 +126,21 @@ async fn submit_all(
     } else {
         chunks(rows, opts.chunk_size, MAX_CHUNK_BYTES)
     };
+    // One key per request of this run: a repeated request is answered with
+    // the task ids of the first, never queued twice.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let key = |i: usize| format!("export-host-cli-{run}-{i}");
     if opts.single && rows.len() == 1 {
         let r = &rows[0];
-        let sent = retrying(&progress, "submitting", RETRY_DELAY, || {
-            client.submit(&r.template_id, &r.output_format, r.priority, &r.data)
+        let key = key(0);
+        let sent = retrying(&progress, "submitting", RETRY_DELAY, false, || {
+            client.submit(
+                &r.template_id,
+                &r.output_format,
+                r.priority,
+                &r.data,
+                Some(&key),
+            )
         })
         .await;
         match sent {
@@ -146,7 +157,7 @@ async fn submit_all(
         }
         done = 1;
     }
-    for chunk in &plan {
+    for (n, chunk) in plan.iter().enumerate() {
         if let Some(why) = &transport_failure {
             for &i in &chunk.rows {
                 outcomes[i].state = State::Rejected;
@@ -164,9 +175,15 @@ async fn submit_all(
             priority: chunk.priority,
             data_list: &data,
         };
-        let sent = retrying(&progress, "submitting", RETRY_DELAY, || {
-            client.submit_batch(&req)
-        })
+        let key = key(n);
+        let answered_before = accepted + rejected > 0;
+        let sent = retrying(
+            &progress,
+            "submitting",
+            RETRY_DELAY,
+            answered_before,
+            || client.submit_batch(&req, Some(&key)),
+        )
         .await;
         match sent {
             Ok(ids) => {
@@ -216,18 +233,25 @@ async fn submit_all(
 /// Retries of one submit request the server turned away for now.
 const SUBMIT_RETRIES: u32 = 5;
 
-/// Rate limited (429) or the queue momentarily unavailable (503): worth
-/// another try; any other refusal is final.
-fn retryable(e: &ClientError) -> bool {
-    matches!(e.status(), Some(429 | 503))
+/// Worth another try with the same `Idempotency-Key`: rate limited (429),
+/// the queue momentarily unavailable or load shed (503), the first attempt
+/// still being handled (409), and — when `transport` — a request whose
+/// answer was lost. Any other refusal is final.
+fn retryable(e: &ClientError, transport: bool) -> bool {
+    matches!(e.status(), Some(409 | 429 | 503)) || (transport && e.is_transport())
 }
 
 /// Run `request` until it succeeds, fails for good, or has been turned away
-/// [`SUBMIT_RETRIES`] times; the delay doubles from `delay` up to 8 s.
+/// [`SUBMIT_RETRIES`] times; the pause doubles from `delay` up to 8 s, or is
+/// the server's `Retry-After` when that is longer (at most 60 s). Requests
+/// carry an `Idempotency-Key`, so a repeat never queues a task twice.
+/// Transport errors are retried only when `transport` (the server has
+/// answered before in this run: a server that is not there fails at once).
 async fn retrying<T, F, Fut>(
     progress: &Progress,
     what: &str,
     mut delay: Duration,
+    transport: bool,
     mut request: F,
 ) -> Result<T, ClientError>
 where
@@ -237,14 +261,18 @@ where
     let mut retries = 0;
     loop {
         match request().await {
-            Err(e) if retryable(&e) && retries < SUBMIT_RETRIES => {
+            Err(e) if retryable(&e, transport) && retries < SUBMIT_RETRIES => {
                 retries += 1;
+                let pause = e
+                    .retry_after()
+                    .map_or(delay, |asked| asked.max(delay))
+                    .min(Duration::from_secs(60));
                 progress.println(&format!(
                     "{what}: {}; retry {retries}/{SUBMIT_RETRIES} in {}",
                     e.reason(),
-                    human_duration(delay)
+                    human_duration(pause)
                 ));
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(pause).await;
                 delay = (delay * 2).min(Duration::from_secs(8));
             }
             other => return other,
@@ -442,6 +470,15 @@ mod tests {
             path: "/api/v1/export/batch".into(),
             status,
             message: "busy".into(),
+            retry_after: None,
+        }
+    }
+
+    fn lost() -> ClientError {
+        ClientError::Transport {
+            method: "POST",
+            url: "http://x/api/v1/export/batch".into(),
+            message: "connection reset".into(),
         }
     }
 
@@ -450,7 +487,7 @@ mod tests {
         let quiet = Progress::new("t", 1, Mode::Quiet);
         let delay = Duration::from_millis(1);
         let mut calls = 0;
-        let r = retrying(&quiet, "t", delay, || {
+        let r = retrying(&quiet, "t", delay, false, || {
             calls += 1;
             let answer = if calls < 3 {
                 Err(refused(429))
@@ -463,7 +500,7 @@ mod tests {
         assert_eq!(r.expect("third call succeeds"), 3);
 
         let mut calls = 0;
-        let r: Result<(), _> = retrying(&quiet, "t", delay, || {
+        let r: Result<(), _> = retrying(&quiet, "t", delay, false, || {
             calls += 1;
             async { Err(refused(503)) }
         })
@@ -472,13 +509,26 @@ mod tests {
         assert_eq!(calls, 1 + SUBMIT_RETRIES);
 
         let mut calls = 0;
-        let r: Result<(), _> = retrying(&quiet, "t", delay, || {
+        let r: Result<(), _> = retrying(&quiet, "t", delay, false, || {
             calls += 1;
             async { Err(refused(404)) }
         })
         .await;
         assert_eq!(r.expect_err("final").status(), Some(404));
         assert_eq!(calls, 1);
+
+        // A lost answer is retried only once the server has answered in this run.
+        for (transport, expected_calls) in [(false, 1), (true, 2)] {
+            let mut calls = 0;
+            let r = retrying(&quiet, "t", delay, transport, || {
+                calls += 1;
+                let answer = if calls < 2 { Err(lost()) } else { Ok(()) };
+                async move { answer }
+            })
+            .await;
+            assert_eq!(calls, expected_calls);
+            assert_eq!(r.is_ok(), transport);
+        }
     }
 
     #[test]
