@@ -182,6 +182,10 @@ impl Server {
                     .into_future(),
             );
             tokio::select! {
+                // Shutdown first: once it is triggered the HTTP side ends
+                // too, and that must not pass for a failure of its own.
+                biased;
+                _ = shutdown.wait() => {}
                 // The server failed by itself.
                 r = &mut http => {
                     queue.stop_consuming().await;
@@ -189,7 +193,6 @@ impl Server {
                         .map_err(|e| ServeError::Serve(std::io::Error::other(e)))?
                         .map_err(ServeError::Serve);
                 }
-                _ = shutdown.wait() => {}
             }
             // No new connections from here on (the listener is closed);
             // requests in progress and tasks in flight get `grace` together.
