@@ -478,6 +478,8 @@ struct Report {
     resumes: Vec<String>,
     not_resumed: Vec<String>,
     chaos_secs: f64,
+    /// Accepted before the last chaos action was over.
+    accepted_in_chaos: usize,
     drain_secs: f64,
 }
 
@@ -526,8 +528,8 @@ impl Report {
             ));
         }
         s.push_str(&format!(
-            "chaos phase {:.0} s, drain {:.0} s\n",
-            self.chaos_secs, self.drain_secs
+            "chaos phase {:.0} s ({} tasks accepted by its end, the rest after), drain {:.0} s\n",
+            self.chaos_secs, self.accepted_in_chaos, self.drain_secs
         ));
         for (what, list) in [
             ("LOST", &self.lost),
@@ -818,13 +820,15 @@ async fn embedded_backend_survives_kill9() {
         *base.lock().unwrap() = proc.server.base.clone();
     }
     stop.store(true, Ordering::SeqCst);
-    submitter.await.expect("submitter");
     let chaos_secs = chaos_started.elapsed().as_secs_f64();
+    let accepted_in_chaos = ledger.lock().unwrap().accepted.len();
+    submitter.await.expect("submitter");
 
     let mut report = Report {
         backend: "embedded queue, one `--role all` process".into(),
         seed: plan.seed,
         chaos_secs,
+        accepted_in_chaos,
         kills: proc.kills,
         terms: proc.terms,
         ..Default::default()
@@ -903,7 +907,7 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
     rng.shuffle(&mut actions);
     let gaps: Vec<Duration> = actions.iter().map(|_| rng.millis(1500, 5000)).collect();
     let planned: Duration =
-        gaps.iter().sum::<Duration>() + Duration::from_secs(4 * actions.len() as u64);
+        gaps.iter().sum::<Duration>() + Duration::from_secs(6 * actions.len() as u64);
 
     let base = Arc::new(Mutex::new(api.server.base.clone()));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -979,13 +983,15 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
         }
     }
     stop.store(true, Ordering::SeqCst);
-    submitter.await.expect("submitter");
     let chaos_secs = chaos_started.elapsed().as_secs_f64();
+    let accepted_in_chaos = ledger.lock().unwrap().accepted.len();
+    submitter.await.expect("submitter");
 
     let mut report = Report {
         backend: "RocketMQ, split roles: 1 `--role api` + 2 `--role worker` processes".into(),
         seed: plan.seed,
         chaos_secs,
+        accepted_in_chaos,
         kills: api.kills + workers.iter().map(|w| w.kills).sum::<usize>(),
         terms: workers.iter().map(|w| w.terms).sum(),
         resumes,
