@@ -22,6 +22,13 @@ if have && [ -x "$venv/bin/schemathesis" ]; then
 fi
 echo "==> fuzz test deps: installing schemathesis==$st (hypothesis==$hyp) into $venv"
 mkdir -p "$(dirname "$venv")"
-python3 -m venv "$venv"
+rm -rf "$venv"
+if ! python3 -m venv "$venv"; then
+  # Debian's python3 needs its venv package for this.
+  rm -rf "$venv"
+  apt-get update -qq || true
+  apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  python3 -m venv "$venv"
+fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$st" "hypothesis==$hyp"
 "$venv/bin/schemathesis" --version >/dev/null
