@@ -154,15 +154,8 @@ impl Auth {
                 limits: TenantLimits::default(),
             });
         }
-        let header = authorization.ok_or(AuthError::Missing)?;
-        let key = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or(AuthError::Malformed)?;
-        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner()).clone();
-        match ring.keys.get(&hash_key(key)) {
+        let (ring, principal) = self.lookup(authorization)?;
+        match principal {
             Some(Principal::Tenant(t)) => Ok(Caller {
                 tenant: t.clone(),
                 admin: false,
@@ -173,11 +166,11 @@ impl Auth {
         }
     }
 
-    /// An admin caller, or why not.
-    pub fn authenticate_admin(&self, authorization: Option<&str>) -> Result<(), AuthError> {
-        if self.mode == AuthMode::None {
-            return Ok(());
-        }
+    /// The keys in force and the principal of the header's Bearer key.
+    fn lookup(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<(Arc<Keyring>, Option<Principal>), AuthError> {
         let header = authorization.ok_or(AuthError::Missing)?;
         let key = header
             .strip_prefix("Bearer ")
@@ -186,7 +179,16 @@ impl Auth {
             .filter(|k| !k.is_empty())
             .ok_or(AuthError::Malformed)?;
         let ring = self.ring.read().unwrap_or_else(|p| p.into_inner()).clone();
-        match ring.keys.get(&hash_key(key)) {
+        let principal = ring.keys.get(&hash_key(key)).cloned();
+        Ok((ring, principal))
+    }
+
+    /// An admin caller, or why not.
+    pub fn authenticate_admin(&self, authorization: Option<&str>) -> Result<(), AuthError> {
+        if self.mode == AuthMode::None {
+            return Ok(());
+        }
+        match self.lookup(authorization)?.1 {
             Some(Principal::Admin) => Ok(()),
             Some(Principal::Tenant(_)) => Err(AuthError::NotAdmin),
             None => Err(AuthError::Unknown),
