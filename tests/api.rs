@@ -150,6 +150,36 @@ async fn bad_requests_get_clear_4xx() {
         "{body}"
     );
 
+    // Data nested deeper than limits.max_json_depth (64): 400 naming the
+    // limit; just within it: accepted. Deeper than the parser's own 128
+    // levels: 400 saying so, not a generic parse error.
+    let nested = |levels: usize| {
+        format!(
+            r#"{{"template_id": "letter", "output_format": "txt", "data": {{"a": {}1{}}}}}"#,
+            "[".repeat(levels - 1),
+            "]".repeat(levels - 1)
+        )
+        .into_bytes()
+    };
+    let (status, body) = s.post_raw("/api/v1/export", nested(65)).await;
+    assert_eq!(status, 400, "{body}");
+    let msg = body["message"].as_str().expect("msg");
+    assert!(
+        msg.contains("64 levels") && msg.contains("max_json_depth"),
+        "{msg}"
+    );
+    let (status, body) = s.post_raw("/api/v1/export", nested(64)).await;
+    assert_eq!(status, 202, "depth 64 is allowed: {body}");
+    let (status, body) = s.post_raw("/api/v1/export", nested(5000)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("msg")
+            .contains("nested too deeply"),
+        "{body}"
+    );
+
     // Path traversal in ids.
     let (status, _) = s
         .post_json(

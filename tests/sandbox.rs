@@ -338,3 +338,60 @@ async fn fonts_are_shared_read_only_through_the_host_interface() {
         format!("faces=1 first=DejaVu Sans bytes={size} unknown_is_none=true")
     );
 }
+
+/// A tenant's `limits.timeout_ms` / `memory_mb` tighten the plugin's limits
+/// for its own tasks only, and can never loosen them.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_limits_tighten_the_sandbox_for_that_tenant_only() {
+    use export_host::auth::hash_key;
+    let config = format!(
+        "limits:\n  timeout_ms: 1500\n  memory_mb: 128\nworker:\n  concurrency: 2\nauth:\n  mode: keys\n  tenants:\n    - id: tight\n      keys: [\"{}\"]\n      limits: {{ timeout_ms: 300, memory_mb: 40 }}\n    - id: roomy\n      keys: [\"{}\"]\n    - id: greedy\n      keys: [\"{}\"]\n      limits: {{ timeout_ms: 60000, memory_mb: 4096 }}\n",
+        hash_key("tight-key"),
+        hash_key("roomy-key"),
+        hash_key("greedy-key"),
+    );
+    let s = TestServer::start(&["chaos"], &config).await;
+    let mut ids = Vec::new();
+    for tenant in ["tight", "roomy", "greedy"] {
+        s.set_api_key(Some(&format!("{tenant}-key")));
+        upload(&s, "slow", "spin:800").await;
+        upload(&s, "wide", "alloc:64").await;
+        upload(&s, "slower", "spin:2500").await;
+        for t in ["slow", "wide", "slower"] {
+            ids.push((tenant, t, s.submit(t, "chaos", json!({})).await));
+        }
+    }
+    let mut outcome = std::collections::HashMap::new();
+    for (tenant, t, id) in &ids {
+        s.set_api_key(Some(&format!("{tenant}-key")));
+        let task = s.wait_final(id, Duration::from_secs(60)).await;
+        outcome.insert((*tenant, *t), task);
+    }
+    let check = |tenant: &str, t: &str, class: Option<&str>, limit: &str| {
+        let task = &outcome[&(tenant, t)];
+        match class {
+            None => assert_eq!(task["status"], "succeeded", "{tenant}/{t}: {task}"),
+            Some(class) => {
+                assert_eq!(task["status"], "failed", "{tenant}/{t}: {task}");
+                assert_eq!(task["error"]["class"], class, "{tenant}/{t}: {task}");
+                let msg = task["error"]["message"].as_str().unwrap_or_default();
+                assert!(
+                    msg.contains(limit),
+                    "{tenant}/{t}: {msg} should name {limit}"
+                );
+            }
+        }
+    };
+    // The tight tenant: 300 ms and 40 MB.
+    check("tight", "slow", Some("timeout"), "300 ms");
+    check("tight", "wide", Some("out_of_memory"), "40 MB");
+    check("tight", "slower", Some("timeout"), "300 ms");
+    // Another tenant on the same plugin: the global limits.
+    check("roomy", "slow", None, "");
+    check("roomy", "wide", None, "");
+    check("roomy", "slower", Some("timeout"), "1500 ms");
+    // A tenant limit above the global one does not loosen it.
+    check("greedy", "slow", None, "");
+    check("greedy", "wide", None, "");
+    check("greedy", "slower", Some("timeout"), "1500 ms");
+}

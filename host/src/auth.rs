@@ -145,6 +145,14 @@ impl Auth {
         });
     }
 
+    /// The limits in force for `tenant` (none configured: the default).
+    /// Workers read them per task, so a reloaded keys file applies to the
+    /// next render.
+    pub fn tenant_limits(&self, tenant: &str) -> TenantLimits {
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner()).clone();
+        ring.limits.get(tenant).cloned().unwrap_or_default()
+    }
+
     /// The caller of a request with this `Authorization` header value.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
         if self.mode == AuthMode::None {

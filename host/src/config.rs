@@ -91,6 +91,13 @@ pub struct TenantLimits {
     pub submit_burst: Option<u64>,
     /// Largest `data` of one task, at most `limits.max_data_bytes`.
     pub max_data_bytes: Option<usize>,
+    /// Wall-clock limit of one render of this tenant's tasks. It can only
+    /// tighten the plugin's limit (`limits.timeout_ms` or the plugin's
+    /// override), never loosen it.
+    pub timeout_ms: Option<u64>,
+    /// Memory a render of this tenant's tasks may grow to, in MiB; like
+    /// `timeout_ms` it only tightens the plugin's limit.
+    pub memory_mb: Option<u64>,
 }
 
 /// The `keys_file` format: the same blocks as in the config.
@@ -164,6 +171,18 @@ pub fn validate_keys(admin_keys: &[String], tenants: &[TenantConfig]) -> Result<
                     "tenant {:?}: max_queued, submit_burst and max_data_bytes must be > 0",
                     t.id
                 ),
+            ));
+        }
+        if l.timeout_ms == Some(0) {
+            return Err(invalid(
+                "auth.tenants[].limits.timeout_ms",
+                format!("tenant {:?}: must be > 0", t.id),
+            ));
+        }
+        if l.memory_mb == Some(0) {
+            return Err(invalid(
+                "auth.tenants[].limits.memory_mb",
+                format!("tenant {:?}: must be > 0", t.id),
             ));
         }
     }
@@ -327,6 +346,9 @@ pub struct LimitsConfig {
     pub output_mb: u64,
     /// Largest `data` of one task (its JSON text).
     pub max_data_bytes: usize,
+    /// Deepest nesting of arrays and objects in a task's `data` (a flat
+    /// object is depth 1).
+    pub max_json_depth: usize,
     /// Largest template file accepted on upload.
     pub max_template_bytes: usize,
     /// Optional instruction budget per render (wasmtime fuel); null = only
@@ -361,6 +383,7 @@ impl Default for LimitsConfig {
             memory_mb: 256,
             output_mb: 64,
             max_data_bytes: 4 * 1024 * 1024,
+            max_json_depth: 64,
             max_template_bytes: 16 * 1024 * 1024,
             fuel: None,
             stdio_kb: 64,
@@ -567,6 +590,10 @@ impl Config {
         }
         if l.max_data_bytes == 0 {
             return Err(invalid("limits.max_data_bytes", "must be > 0"));
+        }
+        // The JSON parser of request bodies stops at 128 levels in all.
+        if !(1..=100).contains(&l.max_json_depth) {
+            return Err(invalid("limits.max_json_depth", "must be 1 to 100"));
         }
         let r = &self.rocketmq;
         for (key, value) in [

@@ -141,6 +141,7 @@ impl Server {
             templates: templates.clone(),
             plugins: plugins.clone(),
             telemetry: telemetry.clone(),
+            auth: auth.clone(),
         });
         let concurrency = config.worker_concurrency();
         if role.runs_worker() {

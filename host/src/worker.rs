@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
-use crate::plugin::{Fault, PluginHost, Rendered, Retry};
+use crate::auth::Auth;
+use crate::plugin::{Caps, Fault, PluginHost, Rendered, Retry};
 use crate::queue::{Delivery, Disposition, TaskHandler};
 use crate::status::{EventKind, Start, StatusSink, TaskEvent};
 use crate::store::templates::{TemplateError, TemplateStore};
@@ -24,6 +25,8 @@ pub struct Worker {
     pub templates: TemplateStore,
     pub plugins: Arc<PluginHost>,
     pub telemetry: Arc<Telemetry>,
+    /// Tenants' limits (timeout, memory) that tighten the plugin's.
+    pub auth: Arc<Auth>,
 }
 
 #[async_trait]
@@ -209,9 +212,10 @@ impl Worker {
         let plugins = self.plugins.clone();
         let (fmt, data) = (m.output_format.clone(), m.data.get().to_owned());
         let options = vec![("attempt".to_string(), d.attempt.to_string())];
+        let caps = Caps::from_tenant(&self.auth.tenant_limits(m.tenant.as_str()));
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            span.in_scope(|| plugins.render(&fmt, &name, template, data, options))
+            span.in_scope(|| plugins.render_capped(&fmt, &name, template, data, options, caps))
         })
         .await
         .map_err(|e| Fault::Host(format!("render thread: {e}")))?

@@ -70,6 +70,8 @@ pub struct TestServer {
     pub child: Option<Child>,
     config_extra: String,
     pub http: reqwest::Client,
+    /// Bearer key sent with every request of the helpers below.
+    api_key: std::sync::RwLock<Option<String>>,
 }
 
 impl TestServer {
@@ -90,6 +92,7 @@ impl TestServer {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
+            api_key: Default::default(),
         };
         server.spawn();
         server
@@ -191,6 +194,21 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// Send `Authorization: Bearer <key>` with the requests of the helpers
+    /// from now on (`None`: no key).
+    pub fn set_api_key(&self, key: Option<&str>) {
+        *self.api_key.write().expect("key lock") = key.map(str::to_string);
+    }
+
+    /// A request to `path` with the key set by [`set_api_key`](Self::set_api_key).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match self.api_key.read().expect("key lock").as_deref() {
+            Some(k) => req.bearer_auth(k),
+            None => req,
+        }
+    }
+
     pub async fn put_template(
         &self,
         id: &str,
@@ -198,8 +216,10 @@ impl TestServer {
         body: impl Into<reqwest::Body>,
     ) -> (u16, Value) {
         let r = self
-            .http
-            .put(self.url(&format!("/api/v1/templates/{id}/{file}")))
+            .request(
+                reqwest::Method::PUT,
+                &format!("/api/v1/templates/{id}/{file}"),
+            )
             .body(body)
             .send()
             .await
@@ -215,8 +235,7 @@ impl TestServer {
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
         let r = self
-            .http
-            .post(self.url(path))
+            .request(reqwest::Method::POST, path)
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -227,7 +246,11 @@ impl TestServer {
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).send().await.expect("get");
+        let r = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("get");
         let status = r.status().as_u16();
         (status, r.json().await.expect("json envelope"))
     }
@@ -293,11 +316,13 @@ impl TestServer {
     }
 
     pub async fn result(&self, task_id: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(&format!("/api/v1/tasks/{task_id}/result")))
-            .send()
-            .await
-            .expect("result")
+        self.request(
+            reqwest::Method::GET,
+            &format!("/api/v1/tasks/{task_id}/result"),
+        )
+        .send()
+        .await
+        .expect("result")
     }
 }
 

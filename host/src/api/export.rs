@@ -306,6 +306,17 @@ async fn accept(
         if !text.starts_with('{') {
             return Err(ApiError::bad_request("data must be a JSON object"));
         }
+        let max_depth = app.config.limits.max_json_depth;
+        if json_depth(text) > max_depth {
+            return Err(ApiError::bad_request(format!(
+                "data{} nests arrays/objects more than {max_depth} levels deep (limits.max_json_depth)",
+                if data_list.len() > 1 {
+                    format!("_list[{i}]")
+                } else {
+                    String::new()
+                },
+            )));
+        }
     }
     let Some(template) = app.templates.get(&tenant, &template_id).await? else {
         return Err(ApiError::not_found(format!(
@@ -348,6 +359,7 @@ async fn accept(
             priority,
             data,
             created_at,
+            round: 0,
         });
     }
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id.clone()).collect();
@@ -372,4 +384,47 @@ async fn accept(
     app.telemetry
         .submitted(ids.len(), &format.name, tenant.as_str());
     Ok(ids)
+}
+
+/// The deepest nesting of arrays and objects in valid JSON text (a flat
+/// object is 1), by one pass over the bytes outside strings.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_depth;
+
+    #[test]
+    fn depth_counts_arrays_and_objects_outside_strings() {
+        assert_eq!(json_depth("{}"), 1);
+        assert_eq!(json_depth(r#"{"a": 1, "b": "x"}"#), 1);
+        assert_eq!(json_depth(r#"{"a": [1, {"b": [[]]}]}"#), 4);
+        assert_eq!(json_depth(r#"{"s": "[[[{{{", "t": "\\\"[["}"#), 1);
+        assert_eq!(json_depth(r#"{"a": {}, "b": {"c": {}}}"#), 3);
+        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(70), "]".repeat(70));
+        assert_eq!(json_depth(&deep), 71);
+    }
 }

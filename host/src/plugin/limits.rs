@@ -54,6 +54,34 @@ impl Limits {
         }
         self
     }
+
+    /// These limits, tightened (never loosened) by a task's caps.
+    pub fn capped(mut self, caps: Caps) -> Limits {
+        if let Some(t) = caps.timeout {
+            self.timeout = self.timeout.min(t);
+        }
+        if let Some(m) = caps.memory_bytes {
+            self.memory_bytes = self.memory_bytes.min(m);
+        }
+        self
+    }
+}
+
+/// Per-task tightening of a plugin's limits, e.g. a tenant's
+/// `limits.timeout_ms` / `limits.memory_mb`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    pub timeout: Option<Duration>,
+    pub memory_bytes: Option<usize>,
+}
+
+impl Caps {
+    pub fn from_tenant(l: &crate::config::TenantLimits) -> Caps {
+        Caps {
+            timeout: l.timeout_ms.map(Duration::from_millis),
+            memory_bytes: l.memory_mb.map(|mb| (mb as usize) << 20),
+        }
+    }
 }
 
 /// Store data of one sandboxed instance: WASI with no authority, captured

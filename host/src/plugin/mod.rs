@@ -32,8 +32,8 @@ use wasmtime::{Engine, Store};
 use crate::config::LimitsOverride;
 use bindings::{FormatPlugin, FormatPluginPre, RenderRequest};
 pub use fault::{Fault, Retry};
-pub use limits::Limits;
 use limits::TaskState;
+pub use limits::{Caps, Limits};
 
 /// Epoch tick: the resolution of the wall-clock timeout.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -501,12 +501,33 @@ impl PluginHost {
         data: String,
         options: Vec<(String, String)>,
     ) -> Result<Rendered, Fault> {
+        self.render_capped(
+            format,
+            template_name,
+            template,
+            data,
+            options,
+            Caps::default(),
+        )
+    }
+
+    /// [`render`](Self::render) with the plugin's limits tightened by
+    /// `caps` (a tenant's timeout and memory).
+    pub fn render_capped(
+        &self,
+        format: &str,
+        template_name: &str,
+        template: Vec<u8>,
+        data: String,
+        options: Vec<(String, String)>,
+        caps: Caps,
+    ) -> Result<Rendered, Fault> {
         let plugin = {
             let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
             reg.by_format.get(format).map(|(p, _)| p.clone())
         };
         let plugin = plugin.ok_or_else(|| Fault::NoPlugin(format.to_string()))?;
-        let limits = plugin.limits;
+        let limits = plugin.limits.capped(caps);
         let mut store = self.store(&limits);
         let request = RenderRequest {
             format: format.into(),

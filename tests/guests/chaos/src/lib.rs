@@ -6,6 +6,7 @@
 //! | `ok`            | returns the data as the document                       |
 //! | `loop`          | spins forever                                          |
 //! | `alloc`         | allocates until allocation fails                       |
+//! | `alloc:N`       | allocates N MiB (touched), then `ok`                   |
 //! | `trap`          | panics (a wasm trap)                                   |
 //! | `big:N`         | returns an N-byte document                             |
 //! | `stdout:N`      | writes N bytes to stdout and N to stderr, then `ok`    |
@@ -44,6 +45,16 @@ impl Plugin for Chaos {
                 loop {
                     x = std::hint::black_box(x.wrapping_add(1));
                 }
+            }
+            "alloc" if arg > 0 => {
+                let chunks: Vec<Vec<u8>> = (0..arg)
+                    .map(|_| {
+                        let mut v = vec![0u8; 1 << 20];
+                        v[0] = 1;
+                        std::hint::black_box(v)
+                    })
+                    .collect();
+                ok(format!("allocated {} MiB", chunks.len()).into_bytes())
             }
             "alloc" => {
                 let mut chunks: Vec<Vec<u8>> = Vec::new();
