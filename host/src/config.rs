@@ -591,9 +591,8 @@ impl Config {
         if l.max_data_bytes == 0 {
             return Err(invalid("limits.max_data_bytes", "must be > 0"));
         }
-        // The JSON parser of request bodies stops at 128 levels in all.
-        if !(1..=100).contains(&l.max_json_depth) {
-            return Err(invalid("limits.max_json_depth", "must be 1 to 100"));
+        if !(1..=1000).contains(&l.max_json_depth) {
+            return Err(invalid("limits.max_json_depth", "must be 1 to 1000"));
         }
         let r = &self.rocketmq;
         for (key, value) in [

@@ -200,13 +200,6 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
             serde_json::error::Category::Data => "invalid request",
             _ => "malformed JSON",
         };
-        if e.to_string().starts_with("recursion limit exceeded") {
-            return ApiError::bad_request(format!(
-                "JSON nested too deeply: arrays/objects more than 127 levels deep (line {}, column {}); task data may nest at most `limits.max_json_depth` levels",
-                e.line(),
-                e.column()
-            ));
-        }
         ApiError::bad_request(format!("{what}: {e}"))
     })
 }
