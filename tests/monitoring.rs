@@ -4,17 +4,12 @@
 mod common;
 
 use common::TestServer;
+use common::shapes::{
+    assert_health_shape, assert_lag_shape, assert_metrics_shape, assert_status_shape, keys, set,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-fn keys(v: &Value) -> BTreeSet<String> {
-    v.as_object().expect("object").keys().cloned().collect()
-}
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn design_document_shapes() {
@@ -22,92 +17,23 @@ async fn design_document_shapes() {
 
     let (status, body) = s.get_json("/api/v1/queue/status").await;
     assert_eq!(status, 200);
-    assert_eq!(keys(&body), set(&["success", "data", "message"]));
+    assert_status_shape(&body);
     let d = &body["data"];
-    // The design document's fields, plus `backend` (extension).
-    assert_eq!(
-        keys(d),
-        set(&[
-            "topic",
-            "consumer_group",
-            "backend",
-            "health",
-            "metrics",
-            "connection",
-            "components",
-        ])
-    );
     assert_eq!(d["backend"], "embedded");
     assert_eq!(d["topic"], "export_tasks");
     assert_eq!(d["consumer_group"], "export_consumer_group");
-    assert_eq!(
-        keys(&d["health"]),
-        set(&["healthy", "connection_status", "total_lag"])
-    );
-    // The design document's fields, plus `in_flight` and `dead` (extensions).
-    assert_eq!(
-        keys(&d["metrics"]),
-        set(&[
-            "total_messages",
-            "active_queues",
-            "consumer_lag",
-            "total_lag",
-            "in_flight",
-            "dead",
-        ])
-    );
     assert_eq!(d["connection"]["connected"], true);
     assert_eq!(keys(&d["metrics"]["consumer_lag"]), set(&["0"]));
-    assert_eq!(keys(&d["connection"]), set(&["name_server", "connected"]));
-    assert_eq!(
-        keys(&d["components"]),
-        set(&["producer_started", "consumer_started", "consumer_consuming"])
-    );
 
     let (status, body) = s.get_json("/api/v1/queue/health").await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["healthy"], true);
-    assert_eq!(
-        keys(&body["data"]["details"]),
-        set(&[
-            "healthy",
-            "connection_status",
-            "total_lag",
-            "topic",
-            "consumer_group",
-            "last_check"
-        ])
-    );
+    assert_health_shape(&body);
 
     let (status, body) = s.get_json("/api/v1/queue/metrics").await;
     assert_eq!(status, 200);
     let d = &body["data"];
-    // The design document's fields, plus counts and breakdowns (extensions).
-    assert_eq!(
-        keys(d),
-        set(&[
-            "message_throughput",
-            "latency",
-            "error_rate",
-            "time_range",
-            "counts",
-            "by_format",
-            "by_plugin",
-        ])
-    );
-    assert_eq!(
-        keys(&d["message_throughput"]),
-        set(&["produced_per_second", "consumed_per_second"])
-    );
-    assert_eq!(
-        keys(&d["latency"]),
-        set(&["average_ms", "p95_ms", "p99_ms"])
-    );
-    assert_eq!(
-        keys(&d["error_rate"]),
-        set(&["send_error_rate", "consume_error_rate"])
-    );
-    assert_eq!(keys(&d["time_range"]), set(&["start", "end"]));
+    assert_metrics_shape(d);
     let start =
         chrono::DateTime::parse_from_rfc3339(d["time_range"]["start"].as_str().expect("start"))
             .expect("rfc3339");
@@ -122,10 +48,7 @@ async fn design_document_shapes() {
     let (status, body) = s.get_json("/api/v1/queue/consumer/lag").await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["total_lag"], 0);
-    assert_eq!(
-        keys(&body["data"]),
-        set(&["consumer_group", "topic", "consumer_lag", "total_lag"])
-    );
+    assert_lag_shape(&body["data"]);
     assert_eq!(keys(&body["data"]["consumer_lag"]), set(&["0"]));
 
     for path in ["/health", "/ready"] {

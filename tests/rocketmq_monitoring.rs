@@ -9,6 +9,9 @@ mod common;
 
 use broker::{Broker, unique};
 use common::TestServer;
+use common::shapes::{
+    assert_health_shape, assert_lag_shape, assert_metrics_shape, assert_status_shape, keys, set,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -17,18 +20,6 @@ fn rocketmq_yaml(name_server: &str, topic: &str, group: &str, more: &str) -> Str
     format!(
         "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{name_server}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n{more}"
     )
-}
-
-fn keys(v: &Value) -> BTreeSet<String> {
-    v.as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"))
-        .keys()
-        .cloned()
-        .collect()
-}
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
 }
 
 /// Queue ids of both lanes' 4-queue topics: `"0"`…`"3"` (`<topic>`) and
@@ -85,112 +76,39 @@ async fn design_document_fields_and_lag_per_queue() {
         assert!(Instant::now() < deadline, "lag never drained: {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(keys(&status), set(&["success", "data", "message"]));
+    assert_status_shape(&status);
     assert_eq!(status["success"], true);
     let d = &status["data"];
-    // The design document's fields, plus `backend` (extension).
-    assert_eq!(
-        keys(d),
-        set(&[
-            "topic",
-            "consumer_group",
-            "backend",
-            "health",
-            "metrics",
-            "connection",
-            "components"
-        ])
-    );
     assert_eq!(d["topic"], topic.as_str());
     assert_eq!(d["consumer_group"], group.as_str());
     assert_eq!(d["backend"], "rocketmq");
-    assert_eq!(
-        keys(&d["health"]),
-        set(&["healthy", "connection_status", "total_lag"])
-    );
     assert_eq!(d["health"]["healthy"], true);
     assert_eq!(d["health"]["connection_status"], true);
-    // The design document's fields, plus `in_flight` and `dead` (extensions).
-    assert_eq!(
-        keys(&d["metrics"]),
-        set(&[
-            "total_messages",
-            "active_queues",
-            "consumer_lag",
-            "total_lag",
-            "in_flight",
-            "dead"
-        ])
-    );
     assert_eq!(keys(&d["metrics"]["consumer_lag"]), lane_queue_ids(), "{d}");
     assert_eq!(d["metrics"]["active_queues"], 8);
     assert_eq!(d["metrics"]["total_messages"], 80, "{d}");
     assert_eq!(d["metrics"]["dead"], 0);
-    assert_eq!(keys(&d["connection"]), set(&["name_server", "connected"]));
     assert_eq!(d["connection"]["name_server"], broker.name_server.as_str());
     assert_eq!(d["connection"]["connected"], true);
-    assert_eq!(
-        keys(&d["components"]),
-        set(&["producer_started", "consumer_started", "consumer_consuming"])
-    );
     assert_eq!(d["components"]["consumer_consuming"], true);
 
     let (code, body) = s.get_json("/api/v1/queue/health").await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(keys(&body["data"]), set(&["healthy", "details"]));
-    assert_eq!(
-        keys(&body["data"]["details"]),
-        set(&[
-            "healthy",
-            "connection_status",
-            "total_lag",
-            "topic",
-            "consumer_group",
-            "last_check"
-        ])
-    );
+    assert_health_shape(&body);
     assert_eq!(body["data"]["details"]["connection_status"], true);
     assert_eq!(body["data"]["details"]["topic"], topic.as_str());
 
     let (code, body) = s.get_json("/api/v1/queue/metrics").await;
     assert_eq!(code, 200, "{body}");
     let m = &body["data"];
-    // The design document's fields, plus counts and breakdowns (extensions).
-    assert_eq!(
-        keys(m),
-        set(&[
-            "message_throughput",
-            "latency",
-            "error_rate",
-            "time_range",
-            "counts",
-            "by_format",
-            "by_plugin"
-        ])
-    );
-    assert_eq!(
-        keys(&m["message_throughput"]),
-        set(&["produced_per_second", "consumed_per_second"])
-    );
-    assert_eq!(
-        keys(&m["latency"]),
-        set(&["average_ms", "p95_ms", "p99_ms"])
-    );
-    assert_eq!(
-        keys(&m["error_rate"]),
-        set(&["send_error_rate", "consume_error_rate"])
-    );
-    assert_eq!(keys(&m["time_range"]), set(&["start", "end"]));
+    assert_metrics_shape(m);
     assert_eq!(m["counts"]["produced"], 80, "{m}");
     assert_eq!(m["counts"]["consumed"], 80, "{m}");
     assert_eq!(m["error_rate"]["consume_error_rate"], 0.0);
 
     let (code, body) = s.get_json("/api/v1/queue/consumer/lag").await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(
-        keys(&body["data"]),
-        set(&["consumer_group", "topic", "consumer_lag", "total_lag"])
-    );
+    assert_lag_shape(&body["data"]);
     assert_eq!(keys(&body["data"]["consumer_lag"]), lane_queue_ids());
     assert_eq!(body["data"]["total_lag"], 0);
 

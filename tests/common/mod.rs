@@ -3,6 +3,8 @@
 //! over HTTP.
 #![allow(dead_code)]
 
+pub mod shapes;
+
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
