@@ -4,20 +4,24 @@
 Starts `export-host serve` with the noop test guest, submits N tasks in
 batches of 1000 over HTTP, and measures: submit rate, time to drain the
 queue (every task succeeded), tasks/s end to end, and the server's RSS.
-Usage: throughput.py EXPORT_HOST NOOP_WASM N [sync] [worker concurrency, 0 = CPUs]
+Usage: throughput.py EXPORT_HOST NOOP_WASM N [sync] [worker concurrency, 0 = CPUs] [in_flight]
+With $BENCH_PERF=FILE the server is profiled while it drains (perf record,
+cpu-clock, call graphs) into FILE.
 Prints one JSON object."""
 import json, os, subprocess, sys, tempfile, time, urllib.request
 
 exe, noop, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sync = sys.argv[4] if len(sys.argv) > 4 else "full"
 concurrency = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+in_flight = int(sys.argv[6]) if len(sys.argv) > 6 else 64
 work = tempfile.mkdtemp()
 os.makedirs(f"{work}/plugins")
 subprocess.run(["cp", noop, f"{work}/plugins/noop.wasm"], check=True)
 with open(f"{work}/config.yaml", "w") as f:
     f.write(f'server:\n  listen: "127.0.0.1:0"\nstorage:\n  data_dir: "{work}/data"\n'
             f'plugins:\n  dir: "{work}/plugins"\n  watch: false\n  font_dirs: []\n'
-            f'queue:\n  embedded:\n    sync: {sync}\nworker:\n  concurrency: {concurrency}\n')
+            f'queue:\n  embedded:\n    sync: {sync}\nworker:\n  concurrency: {concurrency}\n'
+            f'  in_flight: {in_flight}\n')
 srv = subprocess.Popen([exe, "serve", "--config", f"{work}/config.yaml"], stdout=subprocess.PIPE,
                        stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"}, text=True)
 base = srv.stdout.readline().strip().rsplit(" ", 1)[-1]
@@ -38,6 +42,12 @@ try:
     req = urllib.request.Request(base + "/api/v1/templates/t/t.noop", data=b"x", method="PUT")
     urllib.request.urlopen(req).read()
     idle_rss = rss_mb()
+    perf = None
+    if os.environ.get("BENCH_PERF"):
+        perf = subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-e", "cpu-clock", "-g",
+                                 "-p", str(srv.pid), "-o", os.environ["BENCH_PERF"]],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
     start = time.perf_counter()
     batch_ms = []
     for i in range(0, n, 1000):
@@ -54,10 +64,13 @@ try:
             break
         time.sleep(0.02)
     done = time.perf_counter()
+    if perf:
+        perf.send_signal(2)
+        perf.wait()
     m = call("GET", "/api/v1/queue/metrics")["data"]
     batch_ms.sort()
     print(json.dumps({
-        "tasks": n, "sync": sync, "concurrency": concurrency,
+        "tasks": n, "sync": sync, "concurrency": concurrency, "in_flight": in_flight,
         "submit_tasks_per_s": round(n / (submitted - start)),
         "submit_batch1000_p50_ms": round(batch_ms[len(batch_ms) // 2], 1),
         "drain_s": round(done - start, 2),

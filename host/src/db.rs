@@ -6,14 +6,25 @@
 //! a write that returned `Ok` is on disk, and a burst of N writes costs one
 //! fsync instead of N. Reads use a separate connection (WAL lets them run
 //! beside the writer).
+//!
+//! Two lanes: [`Db::write`] for what a caller is waiting on (an API request),
+//! [`Db::write_background`] for the worker's bookkeeping (leases, status,
+//! acknowledgements). A group runs every waiting foreground job, and
+//! background jobs only for [`BACKGROUND_BUDGET`] and only while no
+//! foreground job is in it; a foreground job that arrives meanwhile joins
+//! the group in progress, which then commits. So a submit waits for about
+//! one background job and one fsync, however busy the worker is.
 
 use rusqlite::{Connection, OpenFlags};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
 use crate::config::SyncMode;
 
 const MAX_GROUP: usize = 1024;
+/// Time a group spends on background jobs before it commits.
+pub const BACKGROUND_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -28,9 +39,15 @@ pub enum DbError {
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Finish + Send>;
 
+/// A job and whether someone waits on it in the foreground.
+struct Queued {
+    foreground: bool,
+    job: Job,
+}
+
 #[derive(Clone)]
 pub struct Db {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Queued>,
     reader: Arc<Mutex<Connection>>,
 }
 
@@ -61,7 +78,7 @@ impl Db {
         let mut writer = open_conn(path, sync)?;
         writer.execute_batch(schema)?;
         let reader = open_conn(path, sync)?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         let name = format!(
             "db-writer:{}",
             path.file_name().and_then(|n| n.to_str()).unwrap_or("?")
@@ -76,7 +93,11 @@ impl Db {
         })
     }
 
-    fn submit<T, F>(&self, f: F) -> tokio::sync::oneshot::Receiver<Result<T, DbError>>
+    fn submit<T, F>(
+        &self,
+        foreground: bool,
+        f: F,
+    ) -> tokio::sync::oneshot::Receiver<Result<T, DbError>>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -108,7 +129,7 @@ impl Db {
         });
         // If the writer is gone the job (and its sender) is dropped here and
         // the caller sees `DbError::Closed`.
-        let _ = self.jobs.send(job);
+        let _ = self.jobs.send(Queued { foreground, job });
         wait
     }
 
@@ -118,7 +139,17 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.submit(f).await.map_err(|_| DbError::Closed)?
+        self.submit(true, f).await.map_err(|_| DbError::Closed)?
+    }
+
+    /// [`Db::write`] in the background lane: as durable, but it yields to
+    /// foreground writes (see the module docs).
+    pub async fn write_background<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.submit(false, f).await.map_err(|_| DbError::Closed)?
     }
 
     /// Blocking variant of [`Db::write`] for threads outside the runtime.
@@ -127,7 +158,7 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.submit(f)
+        self.submit(true, f)
             .blocking_recv()
             .map_err(|_| DbError::Closed)?
     }
@@ -148,13 +179,21 @@ impl Db {
     }
 }
 
-fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Queued>) {
+    let mut foreground: VecDeque<Job> = VecDeque::new();
+    let mut background: VecDeque<Job> = VecDeque::new();
+    let take = |q: Queued, fg: &mut VecDeque<Job>, bg: &mut VecDeque<Job>| {
+        if q.foreground {
+            fg.push_back(q.job)
+        } else {
+            bg.push_back(q.job)
+        }
+    };
+    loop {
+        if foreground.is_empty() && background.is_empty() {
+            match rx.recv() {
+                Ok(q) => take(q, &mut foreground, &mut background),
+                Err(_) => return,
             }
         }
         let mut tx = match conn.transaction() {
@@ -163,11 +202,33 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Job>) {
                 // Dropping the jobs drops their answer channels: each caller
                 // gets `DbError::Closed` and nothing was written.
                 tracing::error!(error = %e, "cannot begin transaction");
-                drop(jobs);
+                foreground.clear();
+                background.clear();
                 continue;
             }
         };
-        let finishes: Vec<Finish> = jobs.into_iter().map(|job| job(&mut tx)).collect();
+        let started = std::time::Instant::now();
+        let mut finishes: Vec<Finish> = Vec::new();
+        let mut waited_on = false;
+        while finishes.len() < MAX_GROUP {
+            while let Ok(q) = rx.try_recv() {
+                take(q, &mut foreground, &mut background);
+            }
+            let job = match foreground.pop_front() {
+                Some(job) => {
+                    waited_on = true;
+                    job
+                }
+                // Someone waits on this group: no more background work.
+                None if waited_on => break,
+                None if started.elapsed() < BACKGROUND_BUDGET => match background.pop_front() {
+                    Some(job) => job,
+                    None => break,
+                },
+                None => break,
+            };
+            finishes.push(job(&mut tx));
+        }
         let commit = tx.commit().map_err(|e| e.to_string());
         if let Err(e) = &commit {
             tracing::error!(error = %e, "group commit failed");
@@ -211,5 +272,47 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(n, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_foreground_write_overtakes_a_background_backlog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(
+            &dir.path().join("t.db"),
+            SyncMode::Normal,
+            "CREATE TABLE t (x INTEGER); CREATE TABLE u (y INTEGER);",
+        )
+        .expect("open");
+        // ~0.4 s of background work, queued at once.
+        let backlog: Vec<_> = (0..2000)
+            .map(|x| {
+                db.submit(false, move |c| {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    c.execute("INSERT INTO t VALUES (?1)", [x])
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let t0 = std::time::Instant::now();
+        db.write(|c| c.execute("INSERT INTO u VALUES (1)", []))
+            .await
+            .expect("foreground write");
+        let waited = t0.elapsed();
+        let behind: i64 = db
+            .read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))
+            .await
+            .expect("read");
+        assert!(
+            behind < 1000,
+            "the foreground write waited for {behind} background jobs ({waited:?})"
+        );
+        for w in backlog {
+            w.await.expect("answered").expect("background write");
+        }
+        let n: i64 = db
+            .read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))
+            .await
+            .expect("read");
+        assert_eq!(n, 2000, "every background write committed");
     }
 }
