@@ -93,7 +93,85 @@ fn message(priority: i32) -> TaskMessage {
         priority,
         data: serde_json::value::RawValue::from_string("{\"k\":1}".into()).expect("raw"),
         created_at: chrono::Utc::now(),
+        round: 0,
     }
+}
+
+fn message_of(tenant: &str) -> TaskMessage {
+    let mut m = message(0);
+    m.tenant = TenantId::parse(tenant).expect("tenant");
+    m
+}
+
+/// Counts deliveries in progress per tenant and the most seen at once.
+struct Concurrency {
+    now: Mutex<HashMap<String, usize>>,
+    most: Mutex<HashMap<String, usize>>,
+    attempts: Mutex<Vec<u32>>,
+    hold: Duration,
+}
+
+#[async_trait]
+impl TaskHandler for Concurrency {
+    async fn handle(&self, d: Delivery) -> Disposition {
+        let tenant = d.message.tenant.to_string();
+        {
+            let mut now = self.now.lock().expect("lock");
+            let n = now.entry(tenant.clone()).or_insert(0);
+            *n += 1;
+            let mut most = self.most.lock().expect("lock");
+            let m = most.entry(tenant.clone()).or_insert(0);
+            *m = (*m).max(*n);
+        }
+        self.attempts.lock().expect("lock").push(d.attempt);
+        tokio::time::sleep(self.hold).await;
+        *self
+            .now
+            .lock()
+            .expect("lock")
+            .get_mut(&tenant)
+            .expect("counted") -= 1;
+        Disposition::Ack
+    }
+}
+
+async fn tenant_in_flight_limit_holds_and_costs_no_attempts(q: Arc<dyn TaskQueue>) {
+    q.set_in_flight_limits([("limited".to_string(), 2)].into_iter().collect())
+        .await
+        .expect("limits");
+    let mut batch: Vec<TaskMessage> = (0..6).map(|_| message_of("limited")).collect();
+    batch.extend((0..2).map(|_| message_of("free")));
+    q.publish(batch).await.expect("publish");
+    let h = Arc::new(Concurrency {
+        now: Mutex::default(),
+        most: Mutex::default(),
+        attempts: Mutex::default(),
+        hold: Duration::from_millis(300),
+    });
+    q.start_consuming(h.clone(), 5).await.expect("start");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.attempts.lock().expect("lock").len() < 8 {
+        assert!(Instant::now() < deadline, "not all delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    q.stop_consuming().await;
+    let most = h.most.lock().expect("lock").clone();
+    assert_eq!(
+        most.get("limited"),
+        Some(&2),
+        "at most 2 at once, and 2 reached: {most:?}"
+    );
+    assert_eq!(
+        most.get("free"),
+        Some(&2),
+        "others are not held back: {most:?}"
+    );
+    let attempts = h.attempts.lock().expect("lock").clone();
+    assert!(
+        attempts.iter().all(|a| *a == 1),
+        "waiting costs no attempt: {attempts:?}"
+    );
+    assert_eq!(q.stats().await.expect("stats").dead, 0);
 }
 
 async fn delivers_every_message_once(q: Arc<dyn TaskQueue>) {
@@ -222,6 +300,83 @@ async fn second_consumer_is_refused(q: Arc<dyn TaskQueue>) {
     q.stop_consuming().await;
 }
 
+async fn replay_runs_a_dead_message_once_more(q: Arc<dyn TaskQueue>) {
+    let m = message(0);
+    let id = m.task_id.to_string();
+    let other = message(0);
+    let other_id = other.task_id.to_string();
+    q.publish(vec![m, other]).await.expect("publish");
+    let rounds = Arc::new(Mutex::new(Vec::new()));
+    let r = rounds.clone();
+    // Round 0 dies; the replayed round succeeds.
+    let h = Recorder::new(move |d| {
+        r.lock()
+            .expect("lock")
+            .push((d.message.task_id.to_string(), d.message.round, d.attempt));
+        if d.message.round == 0 {
+            Disposition::Dead {
+                reason: format!("poison {}", d.message.task_id),
+            }
+        } else {
+            Disposition::Ack
+        }
+    });
+    q.start_consuming(h.clone(), 2).await.expect("start");
+    h.wait_for(2, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dead = q.dead_letters(10).await.expect("dlq");
+        if dead.len() == 2 {
+            let d = dead.iter().find(|d| d.task_id == id).expect("listed");
+            assert_eq!((d.round, d.tenant.as_str()), (0, "default"), "{d:?}");
+            assert!(d.reason.contains("poison"), "{d:?}");
+            assert!(d.dead_at.is_some(), "{d:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never both in the DLQ: {dead:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only the named task; an unknown id is skipped.
+    let replayed = q
+        .replay_dead(vec![id.clone(), "no-such-task".into()])
+        .await
+        .expect("replay");
+    assert_eq!(replayed, vec![id.clone()]);
+    h.wait_for(3, Duration::from_secs(30)).await;
+    assert!(
+        rounds.lock().expect("lock").contains(&(id.clone(), 1, 1)),
+        "replayed as round 1, attempt 1: {:?}",
+        rounds.lock().expect("lock")
+    );
+    // Listed no more, and a second replay runs nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dead = q.dead_letters(10).await.expect("dlq");
+        let ids: Vec<&str> = dead.iter().map(|d| d.task_id.as_str()).collect();
+        if ids == vec![other_id.as_str()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{dead:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        q.replay_dead(vec![id.clone()])
+            .await
+            .expect("replay")
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        h.seen().iter().filter(|s| s.0 == id).count(),
+        2,
+        "delivered once per round: {:?}",
+        h.seen()
+    );
+    q.stop_consuming().await;
+    let stats = q.stats().await.expect("stats");
+    assert_eq!(stats.dead, 1, "only the other one is dead: {stats:?}");
+}
+
 /// Runs every check, each on a fresh queue from `make`.
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
@@ -246,6 +401,14 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread")]
             async fn stop_waits_for_deliveries_in_flight() {
                 super::stop_waits_for_deliveries_in_flight($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn tenant_in_flight_limit_holds_and_costs_no_attempts() {
+                super::tenant_in_flight_limit_holds_and_costs_no_attempts($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn replay_runs_a_dead_message_once_more() {
+                super::replay_runs_a_dead_message_once_more($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn second_consumer_is_refused() {
@@ -335,5 +498,52 @@ async fn embedded_messages_survive_reopen() {
     q.start_consuming(h.clone(), 2).await.expect("start");
     let seen = h.wait_for(10, Duration::from_secs(30)).await;
     assert!(seen.iter().all(|s| ids.contains_key(&s.0)));
+    q.stop_consuming().await;
+}
+
+/// Embedded only: a tenant's backlog does not delay another tenant's
+/// message (fair queuing): with one delivery at a time, the single message
+/// of `b` published after 200 of `a` is among the first two delivered, and
+/// so is the one published while `a`'s backlog is being consumed.
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_fair_queuing_serves_tenants_in_turn() {
+    let q = embedded().await;
+    q.publish((0..200).map(|_| message_of("flood")).collect())
+        .await
+        .expect("publish");
+    let single = message_of("single");
+    let single_id = single.task_id.to_string();
+    q.publish(vec![single]).await.expect("publish");
+    let h = Recorder::holding(Duration::from_millis(5));
+    q.start_consuming(h.clone(), 1).await.expect("start");
+    h.wait_for(50, Duration::from_secs(30)).await;
+    let late = message_of("late");
+    let late_id = late.task_id.to_string();
+    let before = h.seen().len();
+    q.publish(vec![late]).await.expect("publish");
+    let seen = h.wait_for(before + 3, Duration::from_secs(30)).await;
+    let pos = |id: &str| seen.iter().position(|s| s.0 == id);
+    assert!(
+        pos(&single_id).is_some_and(|p| p < 2),
+        "single at {:?}",
+        pos(&single_id)
+    );
+    assert!(
+        pos(&late_id).is_some_and(|p| p <= before + 2),
+        "late at {:?}, published after {before} deliveries",
+        pos(&late_id)
+    );
+    q.stop_consuming().await;
+    let stats = q.stats().await.expect("stats");
+    assert!(stats.ready > 100, "the flood is still waiting: {stats:?}");
+    // Priority still comes first.
+    let mut high = message_of("flood");
+    high.priority = 9;
+    let high_id = high.task_id.to_string();
+    q.publish(vec![high]).await.expect("publish");
+    let h = Recorder::new(|_| Disposition::Ack);
+    q.start_consuming(h.clone(), 1).await.expect("start");
+    let seen = h.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(seen[0].0, high_id);
     q.stop_consuming().await;
 }

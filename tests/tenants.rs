@@ -483,3 +483,161 @@ async fn retention_deletes_results_and_the_status_says_when() {
     let body: Value = resp.json().await.expect("json");
     assert!(message(&body).contains("expired"), "{body}");
 }
+
+/// Submit `n` tasks in batches of 1000 as `key`; returns their ids.
+async fn flood(s: &TestServer, key: &str, template: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let k = (n - ids.len()).min(1000);
+        let body = json!({
+            "template_id": template,
+            "output_format": "chaos",
+            "data_list": (0..k).map(|i| json!({ "i": i })).collect::<Vec<_>>(),
+        });
+        let (st, _, b) = call(
+            s,
+            reqwest::Method::POST,
+            "/api/v1/export/batch",
+            Some(key),
+            Some(serde_json::to_vec(&body).expect("json")),
+            &[],
+        )
+        .await;
+        assert_eq!(st, 202, "{b}");
+        ids.extend(
+            b["data"]["task_ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .map(|v| v.as_str().expect("id").to_string()),
+        );
+    }
+    ids
+}
+
+/// Fair scheduling on the embedded queue: tenant `flood` queues 10,000
+/// tasks of 2 ms each (at least 10 s of work for the 2 render slots), then
+/// tenant `single` submits one task. It must finish within 2 s while most
+/// of the flood is still waiting (so first-come-first-served would have
+/// made it wait for thousands of tasks).
+///
+/// The bound: the single task gets the next fair-queuing tag (it is leased
+/// right after the delivery being leased now), then waits for a render
+/// slot behind at most `worker.in_flight` (64) deliveries already leased,
+/// i.e. 64 x ~2 ms / 2 slots ≈ 0.1 s, plus its own render and the status
+/// polling; 2 s leaves room for a loaded machine.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_tenant_does_not_delay_another_tenants_task() {
+    const FLOOD: &str = "flood-secret-key";
+    const SINGLE: &str = "single-secret-key";
+    let s = TestServer::start(
+        &["chaos"],
+        &format!(
+            "auth:\n  mode: keys\n  tenants:\n    - id: flood\n      keys: [\"{}\"]\n    - id: single\n      keys: [\"{}\"]\nworker:\n  concurrency: 2\n",
+            hash_key(FLOOD),
+            hash_key(SINGLE)
+        ),
+    )
+    .await;
+    put_template(&s, FLOOD, "spin", "spin.chaos", "spin:2").await;
+    put_template(&s, SINGLE, "ok", "ok.chaos", "ok").await;
+    let flooded = flood(&s, FLOOD, "spin", 10_000).await;
+    assert_eq!(flooded.len(), 10_000);
+
+    let started = Instant::now();
+    let (st, _, b) = submit(
+        &s,
+        SINGLE,
+        &json!({ "template_id": "ok", "output_format": "chaos", "data": {} }),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+    let id = b["data"]["task_id"].as_str().expect("id").to_string();
+    let t = wait_final(&s, SINGLE, &id).await;
+    let took = started.elapsed();
+    assert_eq!(t["status"], "succeeded", "{t}");
+    let (_, q) = s.get_json("/api/v1/queue/status").await;
+    let backlog = q["data"]["metrics"]["total_lag"].as_u64().expect("lag");
+    eprintln!("single task done in {took:?} with {backlog} flood tasks still queued");
+    assert!(
+        backlog >= 2_000,
+        "the flood must still be large for this to mean anything: {q}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the single task took {took:?} behind a backlog of {backlog}"
+    );
+}
+
+/// `max_in_flight: 2`: never more than 2 of the tenant's tasks running at
+/// once (per the status API), the others wait without using attempts, all
+/// succeed; another tenant's task is not held up meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_in_flight_bounds_a_tenants_running_tasks() {
+    const NARROW: &str = "narrow-secret-key";
+    const WIDE: &str = "wide-secret-key";
+    let s = TestServer::start(
+        &["chaos"],
+        &format!(
+            "auth:\n  mode: keys\n  tenants:\n    - id: narrow\n      keys: [\"{}\"]\n      limits: {{ max_in_flight: 2 }}\n    - id: wide\n      keys: [\"{}\"]\nworker:\n  concurrency: 4\n",
+            hash_key(NARROW),
+            hash_key(WIDE)
+        ),
+    )
+    .await;
+    put_template(&s, NARROW, "slow", "slow.chaos", "spin:400").await;
+    put_template(&s, WIDE, "ok", "ok.chaos", "ok").await;
+    let ids = flood(&s, NARROW, "slow", 6).await;
+    let (st, _, b) = submit(
+        &s,
+        WIDE,
+        &json!({ "template_id": "ok", "output_format": "chaos", "data": {} }),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+    let wide = b["data"]["task_id"].as_str().expect("id").to_string();
+
+    let mut most = 0;
+    let mut wide_done_while_narrow_waited = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut running = 0;
+        let mut done = 0;
+        for id in &ids {
+            let (st, b) = get(&s, &format!("/api/v1/tasks/{id}"), NARROW).await;
+            assert_eq!(st, 200, "{b}");
+            match b["data"]["status"].as_str() {
+                Some("running") => running += 1,
+                Some("succeeded") => done += 1,
+                Some("queued") => {}
+                other => panic!("{id} is {other:?}: {b}"),
+            }
+        }
+        most = most.max(running);
+        assert!(running <= 2, "{running} running at once");
+        if !wide_done_while_narrow_waited && done < ids.len() {
+            let (_, b) = get(&s, &format!("/api/v1/tasks/{wide}"), WIDE).await;
+            wide_done_while_narrow_waited = b["data"]["status"] == "succeeded";
+        }
+        if done == ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not done: {done} of {}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(most, 2, "the limit is reached, not only respected");
+    assert!(
+        wide_done_while_narrow_waited,
+        "the other tenant's task finished while narrow's waited"
+    );
+    for id in &ids {
+        let t = wait_final(&s, NARROW, id).await;
+        assert_eq!(t["attempts"], 1, "waiting costs no attempt: {t}");
+    }
+}

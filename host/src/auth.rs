@@ -26,6 +26,13 @@ pub struct Caller {
     pub limits: TenantLimits,
 }
 
+/// An admin or a tenant, see [`Auth::identify`].
+#[derive(Debug, Clone)]
+pub enum Identity {
+    Admin,
+    Tenant(Caller),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("missing API key: send `Authorization: Bearer <key>`")]
@@ -189,6 +196,35 @@ impl Auth {
         let ring = self.ring.read().unwrap_or_else(|p| p.into_inner()).clone();
         let principal = ring.keys.get(&hash_key(key)).cloned();
         Ok((ring, principal))
+    }
+
+    /// Who calls: an admin (also every caller with `auth.mode: none`), or
+    /// a tenant. For endpoints open to both, where a tenant sees only its
+    /// own things (the dead-letter queue).
+    pub fn identify(&self, authorization: Option<&str>) -> Result<Identity, AuthError> {
+        if self.mode == AuthMode::None {
+            return Ok(Identity::Admin);
+        }
+        let (ring, principal) = self.lookup(authorization)?;
+        match principal {
+            Some(Principal::Admin) => Ok(Identity::Admin),
+            Some(Principal::Tenant(t)) => Ok(Identity::Tenant(Caller {
+                limits: ring.limits.get(t.as_str()).cloned().unwrap_or_default(),
+                tenant: t,
+                admin: false,
+            })),
+            None => Err(AuthError::Unknown),
+        }
+    }
+
+    /// `max_in_flight` of every tenant that has one, from the keys in force
+    /// (the config and the keys file as last read).
+    pub fn in_flight_limits(&self) -> HashMap<String, u32> {
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner()).clone();
+        ring.limits
+            .iter()
+            .filter_map(|(t, l)| l.max_in_flight.map(|m| (t.clone(), m)))
+            .collect()
     }
 
     /// An admin caller, or why not.

@@ -91,6 +91,10 @@ pub struct TenantLimits {
     pub submit_burst: Option<u64>,
     /// Largest `data` of one task, at most `limits.max_data_bytes`.
     pub max_data_bytes: Option<usize>,
+    /// Tasks of this tenant rendering at once; the others wait in the
+    /// queue without using up attempts. Global with the embedded queue;
+    /// per worker process with RocketMQ.
+    pub max_in_flight: Option<u32>,
     /// Wall-clock limit of one render of this tenant's tasks. It can only
     /// tighten the plugin's limit (`limits.timeout_ms` or the plugin's
     /// override), never loosen it.
@@ -161,6 +165,12 @@ pub fn validate_keys(admin_keys: &[String], tenants: &[TenantConfig]) -> Result<
         {
             return Err(invalid(
                 "auth.tenants[].limits.submit_per_second",
+                format!("tenant {:?}: must be > 0", t.id),
+            ));
+        }
+        if l.max_in_flight == Some(0) {
+            return Err(invalid(
+                "auth.tenants[].limits.max_in_flight",
                 format!("tenant {:?}: must be > 0", t.id),
             ));
         }
@@ -736,6 +746,25 @@ mod tests {
         assert!(err.to_string().contains("limits.timeout_ms"), "{err}");
         let err = parse("queue:\n  backend: rocketmq\n").expect_err("backend without enabled");
         assert!(err.to_string().contains("rocketmq.enabled"), "{err}");
+    }
+
+    #[test]
+    fn tenant_in_flight_limits_are_checked() {
+        let tenant = |limits: &str| {
+            format!(
+                "auth:\n  mode: keys\n  tenants:\n    - id: acme\n      limits: {{ {limits} }}\n"
+            )
+        };
+        let c = parse(&tenant("max_in_flight: 2")).expect("valid");
+        assert_eq!(c.auth.tenants[0].limits.max_in_flight, Some(2));
+        let err = parse(&tenant("max_in_flight: 0")).expect_err("zero");
+        assert!(
+            err.to_string()
+                .contains("auth.tenants[].limits.max_in_flight"),
+            "{err}"
+        );
+        let err = parse(&tenant("max_in_flight: -1")).expect_err("negative");
+        assert!(err.to_string().contains("max_in_flight"), "{err}");
     }
 
     #[test]

@@ -145,6 +145,7 @@ impl Server {
         });
         let concurrency = config.worker_concurrency();
         if role.runs_worker() {
+            sync_in_flight_limits(auth.clone(), queue.clone()).await;
             queue.start_consuming(worker.clone(), concurrency).await?;
         }
 
@@ -239,7 +240,12 @@ async fn worker_only(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = req.uri().path();
-    let api_only = ["/api/v1/export", "/api/v1/tasks", "/api/v1/templates"];
+    let api_only = [
+        "/api/v1/export",
+        "/api/v1/tasks",
+        "/api/v1/templates",
+        "/api/v1/dlq",
+    ];
     if api_only
         .iter()
         .any(|p| path == *p || path.starts_with(&format!("{p}/")))
@@ -250,6 +256,32 @@ async fn worker_only(
         .into_response();
     }
     next.run(req).await
+}
+
+/// Give the queue the tenants' `max_in_flight` now and whenever the keys
+/// in force change (the keys file is re-read on change).
+async fn sync_in_flight_limits(auth: Arc<crate::auth::Auth>, queue: Arc<dyn TaskQueue>) {
+    let mut last = auth.in_flight_limits();
+    if let Err(e) = queue.set_in_flight_limits(last.clone()).await {
+        tracing::error!(error = %e, "cannot set the tenants' max_in_flight");
+    }
+    let auth = Arc::downgrade(&auth);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let Some(auth) = auth.upgrade() else { return };
+            let now = auth.in_flight_limits();
+            if now == last {
+                continue;
+            }
+            match queue.set_in_flight_limits(now.clone()).await {
+                Ok(()) => last = now,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tenants' max_in_flight not updated; retrying")
+                }
+            }
+        }
+    });
 }
 
 /// Delete result files past `limits.result_retention_s`, checking every

@@ -32,6 +32,11 @@ pub struct TaskEvent {
     pub output_format: String,
     pub priority: i32,
     pub created_at: DateTime<Utc>,
+    /// Replay generation of the task ([`TaskMessage::round`]): events of a
+    /// later round supersede everything of an earlier one, even a final
+    /// status.
+    #[serde(default)]
+    pub round: u32,
     /// Delivery the event belongs to (0 for `accepted`).
     pub attempt: u32,
     pub at: DateTime<Utc>,
@@ -66,6 +71,7 @@ impl TaskEvent {
             output_format: m.output_format.clone(),
             priority: m.priority,
             created_at: m.created_at,
+            round: m.round,
             attempt,
             at: Utc::now(),
             kind,
@@ -82,9 +88,10 @@ impl TaskEvent {
         }
     }
 
-    /// Order of events of one task: by attempt, then accepted < started <
-    /// failed-and-queued-again < final. A final status is never replaced.
-    pub fn rank(&self) -> (u32, u8) {
+    /// Order of events of one task: by replay round, then attempt, then
+    /// accepted < started < failed-and-queued-again < final. Within a round
+    /// a final status is never replaced; a later round starts afresh.
+    pub fn rank(&self) -> (u32, u32, u8) {
         let r = match &self.kind {
             EventKind::Accepted => 0,
             EventKind::Started => 1,
@@ -94,7 +101,7 @@ impl TaskEvent {
             } => 2,
             _ => 3,
         };
-        (self.attempt, r)
+        (self.round, self.attempt, r)
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -147,7 +154,7 @@ pub struct LocalStatus(pub TaskStore);
 #[async_trait]
 impl StatusSink for LocalStatus {
     async fn started(&self, m: &TaskMessage, attempt: u32) -> Result<Start, StatusError> {
-        Ok(match self.0.start(&m.task_id, attempt).await? {
+        Ok(match self.0.start(&m.task_id, m.round, attempt).await? {
             None => Start::Unknown,
             Some(before) if before.is_final() => Start::AlreadyFinal(before),
             Some(_) => Start::Proceed,
@@ -238,6 +245,17 @@ impl TaskQueue for Announcing {
         self.inner.dead_letters(limit).await
     }
 
+    async fn replay_dead(&self, task_ids: Vec<String>) -> Result<Vec<String>, QueueError> {
+        self.inner.replay_dead(task_ids).await
+    }
+
+    async fn set_in_flight_limits(
+        &self,
+        limits: std::collections::HashMap<String, u32>,
+    ) -> Result<(), QueueError> {
+        self.inner.set_in_flight_limits(limits).await
+    }
+
     async fn restart_producer(&self) -> Result<(), QueueError> {
         self.inner.restart_producer().await
     }
@@ -257,8 +275,14 @@ mod tests {
             priority: 0,
             data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
             created_at: Utc::now(),
+            round: 0,
         };
         TaskEvent::new(&m, attempt, kind)
+    }
+
+    fn in_round(round: u32, mut e: TaskEvent) -> TaskEvent {
+        e.round = round;
+        e
     }
 
     #[test]
@@ -414,5 +438,110 @@ mod tests {
         let t = stored(&store).await;
         assert_eq!(t.status, TaskStatus::Dead);
         assert_eq!(t.attempts, 2);
+    }
+
+    #[test]
+    fn a_later_round_outranks_everything_of_an_earlier_one() {
+        let dead = failed(3, TaskStatus::Dead).rank();
+        let accepted_again = in_round(1, event(0, EventKind::Accepted)).rank();
+        let started_again = in_round(1, event(1, EventKind::Started)).rank();
+        assert!(dead < accepted_again && accepted_again < started_again);
+        // Round 0 events without the field decode as round 0.
+        let mut v: serde_json::Value = serde_json::from_slice(&succeeded(1).to_bytes()).unwrap();
+        v.as_object_mut().unwrap().remove("round");
+        let old = TaskEvent::from_bytes(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(old.round, 0);
+    }
+
+    #[tokio::test]
+    async fn a_replay_moves_a_dead_task_back_to_queued_then_to_its_new_end() {
+        let history = [
+            event(0, EventKind::Accepted),
+            event(1, EventKind::Started),
+            failed(1, TaskStatus::Dead),
+            in_round(1, event(0, EventKind::Accepted)),
+            in_round(1, event(1, EventKind::Started)),
+            in_round(1, succeeded(1)),
+        ];
+        // Step by step: dead -> queued -> running -> succeeded.
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+        let mut seen = Vec::new();
+        for e in &history {
+            store.apply(vec![e.clone()]).await.unwrap();
+            seen.push(stored(&store).await.status);
+        }
+        use TaskStatus::*;
+        assert_eq!(
+            seen,
+            vec![Queued, Running, Dead, Queued, Running, Succeeded]
+        );
+        let t = stored(&store).await;
+        assert_eq!((t.attempts, t.replays), (1, 1));
+        assert!(
+            t.error.is_none(),
+            "the old round's error is gone: {:?}",
+            t.error
+        );
+        // Late events of round 0 change nothing now.
+        store
+            .apply(vec![
+                failed(2, TaskStatus::Dead),
+                event(3, EventKind::Started),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(stored(&store).await.status, Succeeded);
+
+        // Any order, with duplicates: the same end.
+        let orders: Vec<Vec<usize>> = vec![
+            vec![5, 4, 3, 2, 1, 0],
+            vec![3, 0, 5, 1, 2, 4, 2, 5, 0],
+            vec![0, 1, 4, 2, 3, 5],
+        ];
+        for order in orders {
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+            for i in &order {
+                store.apply(vec![history[*i].clone()]).await.unwrap();
+            }
+            let t = stored(&store).await;
+            assert_eq!(t.status, Succeeded, "order {order:?}");
+            assert_eq!((t.attempts, t.replays), (1, 1), "order {order:?}");
+            assert_eq!(t.result.map(|r| r.size), Some(3), "order {order:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn starting_a_replayed_delivery_reopens_a_dead_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+        store
+            .apply(vec![
+                event(0, EventKind::Accepted),
+                failed(1, TaskStatus::Dead),
+            ])
+            .await
+            .unwrap();
+        let id = crate::ids::TaskId::parse("t1").unwrap();
+        // A duplicate of round 0 is recognised as finished...
+        assert_eq!(
+            store.start(&id, 0, 2).await.unwrap(),
+            Some(TaskStatus::Dead)
+        );
+        assert_eq!(stored(&store).await.status, TaskStatus::Dead);
+        // ...a delivery of round 1 runs, even before its `accepted` arrived.
+        assert_eq!(
+            store.start(&id, 1, 1).await.unwrap(),
+            Some(TaskStatus::Queued)
+        );
+        let t = stored(&store).await;
+        assert_eq!(
+            (t.status, t.attempts, t.replays),
+            (TaskStatus::Running, 1, 1)
+        );
     }
 }

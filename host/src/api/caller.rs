@@ -1,6 +1,8 @@
 //! Extractors for who is calling: [`Caller`] (a tenant, from
 //! `Authorization: Bearer <key>`) and [`Admin`] (an admin key). A missing
 //! or unknown key is 401, a tenant key on an admin endpoint 403.
+//! [`Identity`](crate::auth::Identity) is either, for endpoints where an
+//! admin sees everything and a tenant its own things.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -34,5 +36,16 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Admin, ApiError> {
         app.auth.authenticate_admin(authorization(parts))?;
         Ok(Admin)
+    }
+}
+
+impl FromRequestParts<AppState> for crate::auth::Identity {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<crate::auth::Identity, ApiError> {
+        Ok(app.auth.identify(authorization(parts))?)
     }
 }

@@ -4,6 +4,7 @@
 //! (`GET /openapi.json`, page at `GET /docs`) is generated from the handlers.
 
 pub mod caller;
+pub mod dlq;
 pub mod error;
 pub mod export;
 pub mod queue;
@@ -61,6 +62,7 @@ pub struct AppState {
         (name = "templates", description = "Template bundles, one file per kind"),
         (name = "catalog", description = "Formats and plugins on offer"),
         (name = "queue", description = "Queue monitoring (design document §4.1)"),
+        (name = "dlq", description = "Dead tasks: list with their last error, replay"),
         (name = "monitoring", description = "Prometheus metrics, liveness and readiness"),
         (name = "docs", description = "This document and its interactive page"),
     ),
@@ -112,6 +114,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(queue::restart_consumer))
         .routes(routes!(queue::restart_producer))
         .routes(routes!(queue::prometheus))
+        .routes(routes!(dlq::list))
+        .routes(routes!(dlq::replay_all))
+        .routes(routes!(dlq::replay))
         .routes(routes!(health))
         .routes(routes!(ready))
         .routes(routes!(openapi_json))

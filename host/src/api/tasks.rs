@@ -69,8 +69,10 @@ pub struct TaskView {
     pub output_format: String,
     pub priority: i32,
     pub status: TaskState,
-    /// Deliveries so far (1 for the first).
+    /// Deliveries so far (1 for the first), since the last replay.
     pub attempts: u32,
+    /// Times the task was replayed from the dead-letter queue.
+    pub replays: u32,
     pub error: Option<TaskErrorView>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -103,6 +105,7 @@ impl TaskView {
             priority: t.priority,
             status: t.status.into(),
             attempts: t.attempts,
+            replays: t.replays,
             error: t.error.map(|e| TaskErrorView {
                 class: e.class,
                 message: e.message,

@@ -13,6 +13,7 @@
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,11 +36,39 @@ CREATE TABLE IF NOT EXISTS messages (
     visible_at  INTEGER NOT NULL,          -- ms since epoch
     lease_until INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
-    body        BLOB NOT NULL
+    body        BLOB NOT NULL,
+    tenant      TEXT NOT NULL DEFAULT '',
+    fair_seq    INTEGER NOT NULL DEFAULT 0, -- fair-queuing start tag, see publish()
+    dead_at     INTEGER                     -- ms since epoch, set by messages_dead_at
 );
-CREATE INDEX IF NOT EXISTS messages_ready ON messages (state, priority DESC, visible_at, id);
+DROP INDEX IF EXISTS messages_ready;
+CREATE INDEX IF NOT EXISTS messages_fair ON messages (state, priority DESC, fair_seq, id);
 CREATE INDEX IF NOT EXISTS messages_task ON messages (task_id);
+-- Fair queuing: the last start tag given to each tenant, and under '*' the
+-- virtual time (the tag of the last message leased).
+CREATE TABLE IF NOT EXISTS fair (
+    tenant TEXT PRIMARY KEY,
+    seq    INTEGER NOT NULL
+) WITHOUT ROWID;
+-- auth.tenants[].limits.max_in_flight, see set_in_flight_limits().
+CREATE TABLE IF NOT EXISTS tenant_limits (
+    tenant        TEXT PRIMARY KEY,
+    max_in_flight INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS messages_dead_at AFTER UPDATE OF state ON messages
+WHEN NEW.state = 2 AND OLD.state <> 2
+BEGIN
+    UPDATE messages SET dead_at = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+    WHERE id = NEW.id;
+END;
 ";
+
+/// Columns added since the first version of the file.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("tenant", "TEXT NOT NULL DEFAULT ''"),
+    ("fair_seq", "INTEGER NOT NULL DEFAULT 0"),
+    ("dead_at", "INTEGER"),
+];
 
 const READY: i64 = 0;
 const LEASED: i64 = 1;
@@ -74,6 +103,7 @@ impl EmbeddedQueue {
         max_attempts: u32,
         lease: Duration,
     ) -> Result<EmbeddedQueue, QueueError> {
+        crate::store::add_missing_columns(path, "messages", ADDED_COLUMNS)?;
         let db = Db::open(path, config.sync, SCHEMA)?;
         let released = db
             .write(|c| {
@@ -98,45 +128,147 @@ impl EmbeddedQueue {
     }
 }
 
-/// Lease up to `n` visible messages, highest priority first.
+/// Lease up to `n` visible messages: highest priority first, within a
+/// priority in fair order (`fair_seq`, see [`fair_seq`]). Tenants with a
+/// `max_in_flight` (table `tenant_limits`) get no more leases than their
+/// limit allows; their other messages wait, with attempts unchanged.
 fn lease(
     c: &rusqlite::Connection,
     n: usize,
     lease_ms: i64,
 ) -> rusqlite::Result<Vec<(i64, u32, Vec<u8>)>> {
     let now = now_ms();
-    let mut stmt = c.prepare_cached(
-        "UPDATE messages SET state = 1, attempts = attempts + 1, lease_until = ?1
-         WHERE id IN (
-             SELECT id FROM messages WHERE state = 0 AND visible_at <= ?2
-             ORDER BY priority DESC, visible_at, id LIMIT ?3)
-         RETURNING id, attempts, body, priority",
+    // Leases each limited tenant may still take.
+    let mut room: HashMap<String, i64> = HashMap::new();
+    {
+        let mut stmt = c.prepare_cached(
+            "SELECT l.tenant, l.max_in_flight
+                 - (SELECT count(*) FROM messages m WHERE m.state = 1 AND m.tenant = l.tenant)
+             FROM tenant_limits l",
+        )?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (tenant, left) = row?;
+            room.insert(tenant, left);
+        }
+    }
+    let mut blocked: Vec<String> = room
+        .iter()
+        .filter(|(_, left)| **left <= 0)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let mut pick = c.prepare_cached(
+        "SELECT id, tenant FROM messages
+         WHERE state = 0 AND visible_at <= ?1 AND tenant NOT IN (SELECT value FROM json_each(?2))
+         ORDER BY priority DESC, fair_seq, id LIMIT ?3",
     )?;
-    let mut rows: Vec<(i64, u32, Vec<u8>, i64)> = stmt
-        .query_map(params![now + lease_ms, now, n as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    if rows.len() < n {
+    let mut take = c.prepare_cached(
+        "UPDATE messages SET state = 1, attempts = attempts + 1, lease_until = ?2 WHERE id = ?1
+         RETURNING attempts, body, fair_seq",
+    )?;
+    let mut out: Vec<(i64, u32, Vec<u8>)> = Vec::new();
+    let mut clock = 0i64;
+    // Each round leases at least its first row (its tenant was not blocked
+    // when the round was selected), so this ends.
+    while out.len() < n {
+        let skip = serde_json::to_string(&blocked).unwrap_or_else(|_| "[]".into());
+        let rows: Vec<(i64, String)> = pick
+            .query_map(params![now, skip, (n - out.len()) as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        if rows.is_empty() {
+            break;
+        }
+        for (id, tenant) in rows {
+            if let Some(left) = room.get_mut(&tenant) {
+                if *left <= 0 {
+                    continue;
+                }
+                *left -= 1;
+                if *left <= 0 {
+                    blocked.push(tenant);
+                }
+            }
+            let (attempts, body, seq): (u32, Vec<u8>, i64) = take
+                .query_row(params![id, now + lease_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+            clock = clock.max(seq);
+            out.push((id, attempts, body));
+        }
+    }
+    if clock > 0 {
+        c.prepare_cached(
+            "INSERT INTO fair (tenant, seq) VALUES ('*', ?1)
+             ON CONFLICT (tenant) DO UPDATE SET seq = max(seq, excluded.seq)",
+        )?
+        .execute([clock])?;
+    }
+    if out.len() < n {
         // Leases that expired (a handler that never answered) are taken over.
         let mut stale = c.prepare_cached(
             "UPDATE messages SET state = 1, attempts = attempts + 1, lease_until = ?1
              WHERE id IN (SELECT id FROM messages WHERE state = 1 AND lease_until <= ?2 LIMIT ?3)
-             RETURNING id, attempts, body, priority",
+             RETURNING id, attempts, body",
         )?;
-        let more: Vec<(i64, u32, Vec<u8>, i64)> = stale
-            .query_map(params![now + lease_ms, now, (n - rows.len()) as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        let more: Vec<(i64, u32, Vec<u8>)> = stale
+            .query_map(params![now + lease_ms, now, (n - out.len()) as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
             .collect::<Result<_, _>>()?;
-        rows.extend(more);
+        out.extend(more);
     }
-    // RETURNING order is unspecified: restore priority order.
-    rows.sort_by(|a, b| b.3.cmp(&a.3).then(a.0.cmp(&b.0)));
-    Ok(rows
-        .into_iter()
-        .map(|(id, attempts, body, _)| (id, attempts, body))
-        .collect())
+    Ok(out)
+}
+
+/// The fair-queuing start tag of a new (or replayed) message of `tenant`:
+/// one past the later of the virtual time (the tag of the last message
+/// leased) and the tenant's previous tag. A tenant that queues a burst gets
+/// consecutive tags; a tenant that queues one message while the burst
+/// waits gets the virtual time + 1, i.e. it is next after the message
+/// being leased now. Leasing by tag therefore serves waiting tenants
+/// round-robin, whatever their backlog (start-time fair queuing with equal
+/// weights).
+fn fair_seq(
+    c: &rusqlite::Connection,
+    tenant: &str,
+    tags: &mut HashMap<String, i64>,
+) -> rusqlite::Result<i64> {
+    let read = |key: &str| -> rusqlite::Result<i64> {
+        Ok(c.prepare_cached("SELECT seq FROM fair WHERE tenant = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    };
+    let clock = match tags.get("*") {
+        Some(v) => *v,
+        None => {
+            let v = read("*")?;
+            tags.insert("*".into(), v);
+            v
+        }
+    };
+    let last = match tags.get(tenant) {
+        Some(v) => *v,
+        None => read(tenant)?,
+    };
+    let seq = clock.max(last) + 1;
+    tags.insert(tenant.to_string(), seq);
+    Ok(seq)
+}
+
+/// Remember the tags handed out by [`fair_seq`].
+fn save_tags(c: &rusqlite::Connection, tags: HashMap<String, i64>) -> rusqlite::Result<()> {
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO fair (tenant, seq) VALUES (?1, ?2)
+         ON CONFLICT (tenant) DO UPDATE SET seq = max(seq, excluded.seq)",
+    )?;
+    for (tenant, seq) in tags {
+        if tenant != "*" {
+            stmt.execute(params![tenant, seq])?;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -149,20 +281,30 @@ impl TaskQueue for EmbeddedQueue {
         if batch.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, i32, Vec<u8>)> = batch
+        let rows: Vec<(String, String, i32, Vec<u8>)> = batch
             .iter()
-            .map(|m| (m.task_id.to_string(), m.priority, m.to_bytes()))
+            .map(|m| {
+                (
+                    m.task_id.to_string(),
+                    m.tenant.to_string(),
+                    m.priority,
+                    m.to_bytes(),
+                )
+            })
             .collect();
         self.db
             .write(move |c| {
                 let now = now_ms();
+                let mut tags = HashMap::new();
                 let mut stmt = c.prepare_cached(
-                    "INSERT INTO messages (task_id, priority, state, visible_at, body) VALUES (?1, ?2, 0, ?3, ?4)",
+                    "INSERT INTO messages (task_id, tenant, priority, state, visible_at, body, fair_seq)
+                     VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
                 )?;
-                for (task_id, priority, body) in &rows {
-                    stmt.execute(params![task_id, priority, now, body])?;
+                for (task_id, tenant, priority, body) in &rows {
+                    let seq = fair_seq(c, tenant, &mut tags)?;
+                    stmt.execute(params![task_id, tenant, priority, now, body, seq])?;
                 }
-                Ok(())
+                save_tags(c, tags)
             })
             .await?;
         self.wake.notify_one();
@@ -271,14 +413,88 @@ impl TaskQueue for EmbeddedQueue {
             .db
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT task_id, attempts, coalesce(last_error, '') FROM messages WHERE state = 2 ORDER BY id LIMIT ?1",
+                    "SELECT task_id, tenant, attempts, coalesce(last_error, ''), dead_at, body
+                     FROM messages WHERE state = 2 ORDER BY dead_at, id LIMIT ?1",
                 )?;
                 stmt.query_map([limit as i64], |r| {
-                    Ok(DeadLetter { task_id: r.get(0)?, attempts: r.get(1)?, reason: r.get(2)? })
+                    let body: Vec<u8> = r.get(5)?;
+                    let message = TaskMessage::from_bytes(&body).ok();
+                    Ok(DeadLetter {
+                        task_id: r.get(0)?,
+                        tenant: message
+                            .as_ref()
+                            .map(|m| m.tenant.to_string())
+                            .unwrap_or_else(|| r.get(1).unwrap_or_default()),
+                        attempts: r.get(2)?,
+                        reason: r.get(3)?,
+                        dead_at: r
+                            .get::<_, Option<i64>>(4)?
+                            .and_then(chrono::DateTime::from_timestamp_millis),
+                        round: message.map(|m| m.round).unwrap_or(0),
+                    })
                 })?
                 .collect()
             })
             .await?)
+    }
+
+    async fn replay_dead(&self, task_ids: Vec<String>) -> Result<Vec<String>, QueueError> {
+        let replayed = self
+            .db
+            .write(move |c| {
+                let now = now_ms();
+                let mut tags = HashMap::new();
+                let mut out = Vec::new();
+                for task_id in &task_ids {
+                    let dead: Vec<(i64, String, Vec<u8>)> = c
+                        .prepare_cached(
+                            "SELECT id, tenant, body FROM messages WHERE task_id = ?1 AND state = 2",
+                        )?
+                        .query_map([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<Result<_, _>>()?;
+                    for (id, tenant, body) in dead {
+                        // An undecodable message would only die again.
+                        let Ok(mut m) = TaskMessage::from_bytes(&body) else {
+                            continue;
+                        };
+                        m.round += 1;
+                        let seq = fair_seq(c, &tenant, &mut tags)?;
+                        c.prepare_cached(
+                            "UPDATE messages SET state = 0, attempts = 0, visible_at = ?2, lease_until = 0,
+                             last_error = NULL, dead_at = NULL, body = ?3, fair_seq = ?4 WHERE id = ?1",
+                        )?
+                        .execute(params![id, now, m.to_bytes(), seq])?;
+                        if !out.contains(task_id) {
+                            out.push(task_id.clone());
+                        }
+                    }
+                }
+                save_tags(c, tags)?;
+                Ok(out)
+            })
+            .await?;
+        if !replayed.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(replayed)
+    }
+
+    async fn set_in_flight_limits(&self, limits: HashMap<String, u32>) -> Result<(), QueueError> {
+        self.db
+            .write(move |c| {
+                c.execute("DELETE FROM tenant_limits", [])?;
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO tenant_limits (tenant, max_in_flight) VALUES (?1, ?2)",
+                )?;
+                for (tenant, max) in &limits {
+                    stmt.execute(params![tenant, max])?;
+                }
+                Ok(())
+            })
+            .await?;
+        // Room may have opened up.
+        self.wake.notify_one();
+        Ok(())
     }
 }
 
@@ -322,7 +538,11 @@ impl Dispatcher {
             }
             let n = permits.len();
             let lease_ms = this.lease_ms;
-            let leased = match this.db.write(move |c| lease(c, n, lease_ms)).await {
+            let leased = match this
+                .db
+                .write_background(move |c| lease(c, n, lease_ms))
+                .await
+            {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::error!(error = %e, "lease failed; retrying");
@@ -379,7 +599,7 @@ impl Dispatcher {
         let backoff = (self.backoff)(attempt).as_millis() as i64;
         let result = self
             .db
-            .write(move |c| match disposition {
+            .write_background(move |c| match disposition {
                 Disposition::Ack => c.execute("DELETE FROM messages WHERE id = ?1", [id]).map(|_| ()),
                 Disposition::Retry { reason } => c
                     .execute(

@@ -15,7 +15,7 @@ pub mod rocketmq;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::ids::{TaskId, TemplateId, TenantId};
@@ -33,6 +33,11 @@ pub struct TaskMessage {
     /// The task's data as JSON text, passed to the plugin unchanged.
     pub data: Box<serde_json::value::RawValue>,
     pub created_at: DateTime<Utc>,
+    /// Replay generation: 0 when submitted, +1 each time the task is
+    /// replayed from the dead-letter queue. Status events carry it, so a
+    /// replayed task can leave `dead` (see [`crate::status::TaskEvent::rank`]).
+    #[serde(default)]
+    pub round: u32,
 }
 
 pub const MESSAGE_VERSION: u32 = 1;
@@ -115,8 +120,14 @@ impl QueueStats {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
     pub task_id: String,
+    /// From the message body (empty if it cannot be decoded).
+    pub tenant: String,
     pub attempts: u32,
     pub reason: String,
+    /// When it was dead-lettered, if the backend knows.
+    pub dead_at: Option<DateTime<Utc>>,
+    /// The message's replay generation ([`TaskMessage::round`]).
+    pub round: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,8 +180,20 @@ pub trait TaskQueue: Send + Sync + 'static {
 
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 
-    /// Messages in the dead-letter queue, oldest first.
+    /// Messages in the dead-letter queue, oldest first. Replayed ones are
+    /// not listed.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// Put the dead messages of these tasks back into the queue as a new
+    /// generation (`round + 1`, attempts from 1 again). Returns the ids
+    /// that were replayed; an id that is not (or no longer) dead is
+    /// skipped, so replaying twice runs a task once.
+    async fn replay_dead(&self, task_ids: Vec<String>) -> Result<Vec<String>, QueueError>;
+
+    /// Per-tenant limits of tasks being handled at once (tenant id →
+    /// `max_in_flight`); tenants not listed are unlimited. Replaces the
+    /// limits set before.
+    async fn set_in_flight_limits(&self, limits: HashMap<String, u32>) -> Result<(), QueueError>;
 
     /// Reconnect the producer. The embedded queue has no connection.
     async fn restart_producer(&self) -> Result<(), QueueError> {

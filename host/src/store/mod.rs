@@ -102,7 +102,10 @@ pub struct TaskRecord {
     pub output_format: String,
     pub priority: i32,
     pub status: TaskStatus,
+    /// Deliveries in the current round (since the last replay).
     pub attempts: u32,
+    /// Times the task was replayed from the dead-letter queue.
+    pub replays: u32,
     pub error: Option<TaskError>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -129,7 +132,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at   INTEGER,
     result_size   INTEGER,
     media_type    TEXT,
-    extension     TEXT
+    extension     TEXT,
+    round         INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
 CREATE INDEX IF NOT EXISTS tasks_tenant_status ON tasks (tenant, status);
@@ -191,8 +195,10 @@ impl TaskStore {
             path: results.clone(),
             source,
         })?;
+        let path = data_dir.join("tasks.db");
+        add_missing_columns(&path, "tasks", &[("round", "INTEGER NOT NULL DEFAULT 0")])?;
         Ok(TaskStore {
-            db: Db::open(&data_dir.join("tasks.db"), sync, SCHEMA)?,
+            db: Db::open(&path, sync, SCHEMA)?,
             results,
             fsync: sync == SyncMode::Full,
         })
@@ -234,16 +240,34 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Mark a delivery as started. Returns the status it had before, or
-    /// `None` if the task is unknown.
-    pub async fn start(&self, id: &TaskId, attempt: u32) -> Result<Option<TaskStatus>, StoreError> {
+    /// Mark a delivery of replay round `round` as started. Returns the
+    /// status it had before (`queued` when the delivery opens a later round
+    /// than the stored one), or `None` if the task is unknown.
+    pub async fn start(
+        &self,
+        id: &TaskId,
+        round: u32,
+        attempt: u32,
+    ) -> Result<Option<TaskStatus>, StoreError> {
         let id = id.to_string();
         Ok(self
             .db
-            .write(move |c| {
-                let before: Option<String> =
-                    c.query_row("SELECT status FROM tasks WHERE task_id = ?1", [&id], |r| r.get(0)).optional()?;
-                let Some(before) = before.map(|s| TaskStatus::parse(&s)) else { return Ok(None) };
+            .write_background(move |c| {
+                let before: Option<(String, u32)> = c
+                    .query_row("SELECT status, round FROM tasks WHERE task_id = ?1", [&id], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let Some((before, stored_round)) = before else { return Ok(None) };
+                let mut before = TaskStatus::parse(&before);
+                if round < stored_round {
+                    // A delivery of a round that was replayed since.
+                    return Ok(Some(TaskStatus::Dead));
+                }
+                if round > stored_round {
+                    new_round(c, &id, round)?;
+                    before = TaskStatus::Queued;
+                }
                 if !before.is_final() {
                     c.execute(
                         "UPDATE tasks SET status = 'running', attempts = ?2, started_at = ?3 WHERE task_id = ?1",
@@ -290,7 +314,7 @@ impl TaskStore {
     /// final status, so duplicates and reordering are harmless.
     pub async fn apply(&self, events: Vec<TaskEvent>) -> Result<(), StoreError> {
         self.db
-            .write(move |c| {
+            .write_background(move |c| {
                 for e in &events {
                     apply_one(c, e)?;
                 }
@@ -313,6 +337,7 @@ impl TaskStore {
                     "SELECT task_id, tenant, template_id, output_format, priority, status, attempts, error_class,
                             error_message, retryable, created_at, started_at, finished_at, result_size, media_type, extension,
                             (SELECT at FROM expired e WHERE e.task_id = tasks.task_id)
+                            , round
                      FROM tasks WHERE task_id = ?1 AND tenant = ?2",
                     [&id, &tenant],
                     |r| {
@@ -341,6 +366,7 @@ impl TaskStore {
                             priority: r.get(4)?,
                             status,
                             attempts: r.get(6)?,
+                            replays: r.get(17)?,
                             error,
                             created_at: from_ms(r.get(10)?).unwrap_or_default(),
                             started_at: from_ms(r.get(11)?),
@@ -350,6 +376,20 @@ impl TaskStore {
                         })
                     },
                 )
+                .optional()
+            })
+            .await?)
+    }
+
+    /// The tenant of a task, whoever it belongs to (for admin endpoints).
+    pub async fn tenant_of(&self, id: &TaskId) -> Result<Option<String>, StoreError> {
+        let id = id.to_string();
+        Ok(self
+            .db
+            .read(move |c| {
+                c.query_row("SELECT tenant FROM tasks WHERE task_id = ?1", [&id], |r| {
+                    r.get(0)
+                })
                 .optional()
             })
             .await?)
@@ -503,7 +543,7 @@ impl TaskStore {
         })??;
         let n = due.len();
         self.db
-            .write(move |c| {
+            .write_background(move |c| {
                 let now = ms(Utc::now());
                 let mut stmt = c.prepare_cached(
                     "INSERT OR IGNORE INTO expired (task_id, at) VALUES (?1, ?2)",
@@ -557,19 +597,30 @@ fn apply_one(c: &rusqlite::Connection, e: &TaskEvent) -> rusqlite::Result<()> {
         e.priority,
         ms(e.created_at)
     ])?;
-    let (status, attempts, failed): (String, u32, bool) = c
+    let (status, attempts, failed, round): (String, u32, bool, u32) = c
         .prepare_cached(
-            "SELECT status, attempts, error_class IS NOT NULL FROM tasks WHERE task_id = ?1",
+            "SELECT status, attempts, error_class IS NOT NULL, round FROM tasks WHERE task_id = ?1",
         )?
-        .query_row([&e.task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    let status = TaskStatus::parse(&status);
+        .query_row([&e.task_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    let mut status = TaskStatus::parse(&status);
+    let (mut attempts, mut failed) = (attempts, failed);
+    if e.round < round {
+        return Ok(());
+    }
+    if e.round > round {
+        // A replay: the task starts afresh in the new round.
+        new_round(c, &e.task_id, e.round)?;
+        (status, attempts, failed) = (TaskStatus::Queued, 0, false);
+    }
     let stored_rank = match status {
         _ if status.is_final() => return Ok(()),
         TaskStatus::Running => 1,
         _ if failed => 2,
         _ => 0,
     };
-    if e.rank() <= (attempts, stored_rank) {
+    if e.rank() <= (round.max(e.round), attempts, stored_rank) {
         return Ok(());
     }
     let at = ms(e.at);
@@ -611,6 +662,47 @@ fn apply_one(c: &rusqlite::Connection, e: &TaskEvent) -> rusqlite::Result<()> {
             ])?;
         }
     }
+    Ok(())
+}
+
+/// Schema upgrade of an existing database file: add the columns of
+/// `table` that a file written by an older version lacks (a new file gets
+/// them from its `CREATE TABLE`). Runs before [`Db::open`], whose schema
+/// may index the new columns.
+pub(crate) fn add_missing_columns(
+    path: &Path,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> Result<(), DbError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let c = rusqlite::Connection::open(path)?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    let have: Vec<String> = c
+        .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if have.is_empty() {
+        return Ok(()); // no such table yet
+    }
+    for (name, decl) in columns {
+        if !have.iter().any(|h| h == name) {
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reset a task for replay round `round`: queued, no attempts, no error,
+/// no result.
+fn new_round(c: &rusqlite::Connection, id: &str, round: u32) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE tasks SET round = ?2, status = 'queued', attempts = 0, error_class = NULL, error_message = NULL,
+         retryable = NULL, started_at = NULL, finished_at = NULL, result_size = NULL, media_type = NULL,
+         extension = NULL WHERE task_id = ?1",
+    )?
+    .execute(params![id, round])?;
     Ok(())
 }
 

@@ -161,6 +161,10 @@ pub struct Names {
     pub producer_group: String,
     /// Group of the pull consumer that reads dead letters back.
     pub reader_group: String,
+    /// `<topic>_REPLAYED`: one marker per dead letter that was replayed
+    /// (a DLQ cannot be deleted from), so it is neither listed nor
+    /// replayed again.
+    pub replayed: String,
     /// `<topic>_STATUS`: task status events from workers to API processes
     /// (split roles only).
     pub status_topic: String,
@@ -181,6 +185,7 @@ impl Names {
             high_dlq: wrap(format!("%DLQ%{high_group}")),
             producer_group: wrap(cfg.producer_group.clone()),
             reader_group: wrap(format!("{group}_DLQ_READER")),
+            replayed: wrap(format!("{}_REPLAYED", cfg.topic)),
             status_topic: wrap(format!("{}_STATUS", cfg.topic)),
         }
     }

@@ -12,9 +12,15 @@
 //! | `Retry` | `RECONSUME_LATER`: the broker re-delivers through `%RETRY%<group>` after the delay level of `reconsumeTimes` |
 //! | `Dead`, or `Retry` on the last attempt | published to `%DLQ%<consumer_group>` with the reason, then `CONSUME_SUCCESS`; if that publish fails the message is sent back with delay level -1, which makes the broker move it to its group's DLQ itself |
 //!
-//! `Delivery.attempt` is `reconsumeTimes + 1` and `max_attempts` is
+//! `Delivery.attempt` is `reconsumeTimes + 1` (plus the attempts a deferred
+//! message had before, property `EXPORT_ATTEMPT_BASE`) and `max_attempts` is
 //! `max_reconsume_times + 1`. A handler call that outlives
 //! `consume_timeout` minutes is answered as a transient failure.
+//!
+//! A tenant with `max_in_flight` has at most that many deliveries handled
+//! at once **in this process**; a delivery over the limit waits up to
+//! [`TENANT_WAIT`] for room, then is deferred: sent again with delay level 1
+//! (1 s) and acknowledged, without using up an attempt.
 //!
 //! The RocketMQ client calls listeners on its own blocking threads; the
 //! listener hands the work to the host's runtime and blocks until the
@@ -52,6 +58,13 @@ const DELAY_LEVEL_DEFAULT: i32 = 0;
 const MAX_PRIORITY_WAIT: Duration = Duration::from_secs(10);
 /// How long a computed high-lane backlog is reused.
 const BACKLOG_CACHE: Duration = Duration::from_millis(40);
+/// How long a delivery of a tenant at its `max_in_flight` waits for room
+/// before it is deferred.
+const TENANT_WAIT: Duration = Duration::from_millis(500);
+/// Delay level of a deferred delivery (1 s with the broker's default levels).
+const DELAY_LEVEL_DEFER: i32 = 1;
+/// Message property: attempts a deferred message had before it was re-sent.
+pub const PROP_ATTEMPT_BASE: &str = "EXPORT_ATTEMPT_BASE";
 /// How long `stop_consuming` waits for the broker to show the final offsets.
 const OFFSET_COMMIT_WAIT: Duration = Duration::from_secs(5);
 
@@ -69,6 +82,59 @@ pub struct RocketMqConsumer {
     running: tokio::sync::Mutex<Option<Running>>,
     consuming: Arc<AtomicBool>,
     in_flight: Arc<AtomicU64>,
+    tenants: Arc<TenantGate>,
+}
+
+/// Per-tenant `max_in_flight` in this process.
+#[derive(Default)]
+struct TenantGate {
+    limits: std::sync::RwLock<HashMap<String, u32>>,
+    running: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl TenantGate {
+    fn try_take(self: &Arc<Self>, tenant: &str) -> Option<TenantSlot> {
+        let limit = self
+            .limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .copied();
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let n = running.entry(tenant.to_string()).or_insert(0);
+        if limit.is_some_and(|l| *n >= l) {
+            return None;
+        }
+        *n += 1;
+        Some(TenantSlot(self.clone(), tenant.to_string()))
+    }
+
+    async fn take(self: &Arc<Self>, tenant: &str, wait: Duration) -> Option<TenantSlot> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(slot) = self.try_take(tenant) {
+                return Some(slot);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+struct TenantSlot(Arc<TenantGate>, String);
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut running = self.0.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.1);
+            }
+        }
+    }
 }
 
 struct Running {
@@ -94,6 +160,7 @@ struct Dispatch {
     in_flight: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     gate: PriorityGate,
+    tenants: Arc<TenantGate>,
 }
 
 /// One lane's listener.
@@ -107,6 +174,8 @@ enum Outcome {
     Ack,
     Retry,
     Dead(String),
+    /// The tenant is at its `max_in_flight`: send again later, no attempt used.
+    Defer,
 }
 
 impl RocketMqConsumer {
@@ -125,7 +194,17 @@ impl RocketMqConsumer {
             running: tokio::sync::Mutex::new(None),
             consuming: Arc::new(AtomicBool::new(false)),
             in_flight: Arc::new(AtomicU64::new(0)),
+            tenants: Arc::default(),
         }
+    }
+
+    /// Tenant id → `max_in_flight` (per process); replaces the previous.
+    pub fn set_in_flight_limits(&self, limits: HashMap<String, u32>) {
+        *self
+            .tenants
+            .limits
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     pub fn set_message_handler(&self, handler: Arc<dyn TaskHandler>) {
@@ -179,6 +258,7 @@ impl RocketMqConsumer {
                 offsets: OnceLock::new(),
                 cache: tokio::sync::Mutex::new(None),
             },
+            tenants: self.tenants.clone(),
         });
         // The high lane first, so the normal lane's gate can see its offsets.
         let mut lanes = Vec::new();
@@ -421,9 +501,24 @@ impl LaneCtx {
         let mut retry = Vec::new();
         let n = msgs.len();
         for msg in msgs {
-            let attempt = msg.reconsume_times().max(0) as u32 + 1;
+            let base: u32 = msg
+                .property(&cheetah_string::CheetahString::from(PROP_ATTEMPT_BASE))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let attempt = base + msg.reconsume_times().max(0) as u32 + 1;
             match self.deliver(&msg, attempt).await {
                 Outcome::Ack => {}
+                Outcome::Defer => {
+                    if let Err(e) = self
+                        .dispatch
+                        .producer
+                        .send_deferred(&msg, attempt - 1, DELAY_LEVEL_DEFER)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "deferring failed; re-delivered later instead");
+                        retry.push(msg);
+                    }
+                }
                 Outcome::Retry => retry.push(msg),
                 Outcome::Dead(reason) => {
                     if !self.dead_letter(&msg, &reason, attempt, &mq).await {
@@ -465,6 +560,12 @@ impl LaneCtx {
                 d.max_attempts
             ));
         }
+        let Some(_tenant) = d.tenants.take(message.tenant.as_str(), TENANT_WAIT).await else {
+            tracing::debug!(tenant = %message.tenant, "tenant at max_in_flight; deferred");
+            metrics::counter!("export_tasks_deferred_total", "tenant" => message.tenant.to_string())
+                .increment(1);
+            return Outcome::Defer;
+        };
         if self.lane == Lane::Normal {
             d.gate.wait_for_high_lane().await;
         }

@@ -62,6 +62,7 @@ impl RocketMqManager {
             .await?;
         connection.ensure_topic(&names.dlq, 1).await?;
         connection.ensure_topic(&names.high_dlq, 1).await?;
+        connection.ensure_topic(&names.replayed, 1).await?;
         connection.ensure_group(&names.group, retries).await?;
         connection.ensure_group(&names.high_group, retries).await?;
         connection.ensure_group(&names.reader_group, 0).await?;
@@ -142,6 +143,36 @@ impl RocketMqManager {
 
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.monitor.dead_letters(limit).await
+    }
+
+    /// Replay dead letters: each dead message of these tasks that has no
+    /// replay marker is sent to its lane again as the next round, then
+    /// marked as replayed (in that order: a failure in between leaves the
+    /// letter listed, and a second replay would run the task twice rather
+    /// than never).
+    pub async fn replay_dead(&self, task_ids: Vec<String>) -> Result<Vec<String>, QueueError> {
+        let wanted: std::collections::HashSet<String> = task_ids.into_iter().collect();
+        let replayed = self.monitor.replayed().await?;
+        let mut done: Vec<String> = Vec::new();
+        for (m, _) in self.monitor.dead_messages().await? {
+            let Some(mut task) = m else { continue };
+            let id = task.task_id.to_string();
+            if !wanted.contains(&id) || replayed.contains(&(id.clone(), task.round)) {
+                continue;
+            }
+            if done.contains(&id) {
+                continue;
+            }
+            let round = task.round;
+            task.round += 1;
+            self.producer.send_export_task(&task).await?;
+            self.producer
+                .send_replay_marker(&self.connection.names.replayed, &id, round)
+                .await?;
+            tracing::info!(task_id = %id, round = task.round, "dead letter replayed");
+            done.push(id);
+        }
+        Ok(done)
     }
 
     pub async fn get_queue_status(&self) -> Result<QueueStatus, QueueError> {

@@ -143,6 +143,18 @@ impl TaskQueue for RocketMqQueue {
         self.manager.dead_letters(limit).await
     }
 
+    async fn replay_dead(&self, task_ids: Vec<String>) -> Result<Vec<String>, QueueError> {
+        self.manager.replay_dead(task_ids).await
+    }
+
+    async fn set_in_flight_limits(
+        &self,
+        limits: std::collections::HashMap<String, u32>,
+    ) -> Result<(), QueueError> {
+        self.manager.consumer.set_in_flight_limits(limits);
+        Ok(())
+    }
+
     /// A new producer client; sends in flight on the old one finish first.
     async fn restart_producer(&self) -> Result<(), QueueError> {
         self.manager.restart_producer().await

@@ -8,7 +8,7 @@
 //! dead count is the size of `%DLQ%<consumer_group>`. Only `in_flight` (the
 //! handler calls running in this process) is local.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -173,7 +173,7 @@ impl RocketMqMonitor {
             .await
     }
 
-    /// Messages in the dead-letter topics.
+    /// Messages in the dead-letter topics that were not replayed.
     pub async fn dead_count(&self) -> Result<u64, QueueError> {
         let mut n = 0u64;
         for topic in [&self.names().dlq, &self.names().high_dlq] {
@@ -181,7 +181,11 @@ impl RocketMqMonitor {
                 n += (max - min).max(0) as u64;
             }
         }
-        Ok(n)
+        let mut replayed = 0u64;
+        for (_, min, max) in self.topic_offsets(&self.names().replayed).await? {
+            replayed += (max - min).max(0) as u64;
+        }
+        Ok(n.saturating_sub(replayed))
     }
 
     /// Unconsumed messages per queue id of both lanes (`"0"`, `"1"`, … for
@@ -275,27 +279,68 @@ impl RocketMqMonitor {
         Ok(reader)
     }
 
-    /// Read up to `limit` dead letters, oldest first, from the broker.
+    /// Every message of `topic` (at most [`READ_MAX`] per queue); empty
+    /// when the topic does not exist.
     #[allow(deprecated)]
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let topics = [self.names().dlq.clone(), self.names().high_dlq.clone()];
-        let mut found: Vec<(i64, DeadLetter)> = Vec::new();
-        for topic in topics {
-            if self.topic_offsets(&topic).await?.is_empty() {
-                continue;
-            }
-            let reader = self.reader().await?;
-            let messages = ClientEnv::get()?
-                .run(async move { read_topic(&reader, &topic, limit).await })
-                .await??;
-            found.extend(
-                messages
-                    .iter()
-                    .map(|m| (m.store_timestamp(), dead_letter(m))),
-            );
+    async fn read_all(&self, topic: &str) -> Result<Vec<MessageExt>, QueueError> {
+        if self.topic_offsets(topic).await?.is_empty() {
+            return Ok(Vec::new());
         }
-        found.sort_by_key(|(t, _)| *t);
-        Ok(found.into_iter().take(limit).map(|(_, d)| d).collect())
+        let reader = self.reader().await?;
+        let topic = topic.to_string();
+        ClientEnv::get()?
+            .run(async move { read_topic(&reader, &topic, READ_MAX).await })
+            .await?
+    }
+
+    /// The dead letters already replayed: `(task id, round)`.
+    pub async fn replayed(&self) -> Result<HashSet<(String, u32)>, QueueError> {
+        let topic = self.names().replayed.clone();
+        Ok(self
+            .read_all(&topic)
+            .await?
+            .iter()
+            .filter_map(|m| {
+                let body: bytes::Bytes = m.body()?;
+                serde_json::from_slice::<ReplayMarker>(body.as_ref()).ok()
+            })
+            .map(|r| (r.task_id, r.round))
+            .collect())
+    }
+
+    /// Every message of both dead-letter topics, oldest first, with its
+    /// decoded task (if it decodes).
+    pub async fn dead_messages(
+        &self,
+    ) -> Result<Vec<(Option<TaskMessage>, MessageExt)>, QueueError> {
+        let mut found: Vec<MessageExt> = Vec::new();
+        for topic in [self.names().dlq.clone(), self.names().high_dlq.clone()] {
+            found.extend(self.read_all(&topic).await?);
+        }
+        found.sort_by_key(|m| m.store_timestamp());
+        Ok(found
+            .into_iter()
+            .map(|m| {
+                let task = m
+                    .body()
+                    .and_then(|b: bytes::Bytes| TaskMessage::from_bytes(b.as_ref()).ok());
+                (task, m)
+            })
+            .collect())
+    }
+
+    /// Up to `limit` dead letters that were not replayed, oldest first,
+    /// read from the broker.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let replayed = self.replayed().await?;
+        Ok(self
+            .dead_messages()
+            .await?
+            .iter()
+            .map(|(task, m)| dead_letter(m, task.as_ref()))
+            .filter(|d| !replayed.contains(&(d.task_id.clone(), d.round)))
+            .take(limit)
+            .collect())
     }
 
     /// Close the dead-letter reader; the next read starts a new one (with
@@ -349,7 +394,7 @@ async fn read_topic(
     Ok(out)
 }
 
-fn dead_letter(m: &MessageExt) -> DeadLetter {
+fn dead_letter(m: &MessageExt, task: Option<&TaskMessage>) -> DeadLetter {
     let prop = |name: &str| {
         m.property(&CheetahString::from(name))
             .map(|v| v.to_string())
@@ -358,11 +403,7 @@ fn dead_letter(m: &MessageExt) -> DeadLetter {
         .get_keys()
         .map(|k| k.to_string())
         .filter(|k| !k.is_empty())
-        .or_else(|| {
-            m.body()
-                .and_then(|b: bytes::Bytes| TaskMessage::from_bytes(b.as_ref()).ok())
-                .map(|t| t.task_id.to_string())
-        })
+        .or_else(|| task.map(|t| t.task_id.to_string()))
         .unwrap_or_default();
     let attempts = prop(PROP_ATTEMPTS)
         .and_then(|a| a.parse().ok())
@@ -372,9 +413,22 @@ fn dead_letter(m: &MessageExt) -> DeadLetter {
     });
     DeadLetter {
         task_id,
+        tenant: task.map(|t| t.tenant.to_string()).unwrap_or_default(),
         attempts,
         reason,
+        dead_at: chrono::DateTime::from_timestamp_millis(m.store_timestamp()),
+        round: task.map(|t| t.round).unwrap_or(0),
     }
+}
+
+/// Most messages read back from one queue of a topic.
+const READ_MAX: usize = 100_000;
+
+/// Body of a message on the `replayed` topic.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ReplayMarker {
+    pub task_id: String,
+    pub round: u32,
 }
 
 /// Local throughput, latency and error counters (design document §4.1.3).

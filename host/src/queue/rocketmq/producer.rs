@@ -279,6 +279,52 @@ impl RocketMqProducer {
         Ok(())
     }
 
+    /// Send `original` again to its lane after `delay_level`, remembering
+    /// the attempts it had (`base`), so the deferral does not count as one.
+    pub async fn send_deferred(
+        &self,
+        original: &MessageExt,
+        base: u32,
+        delay_level: i32,
+    ) -> Result<(), QueueError> {
+        let body = original.body().unwrap_or_default();
+        let task = TaskMessage::from_bytes(body.as_ref())?;
+        let mut msg = self.message(&task)?;
+        msg.set_delay_time_level(delay_level);
+        msg.put_property(
+            super::consumer::PROP_ATTEMPT_BASE.into(),
+            base.to_string().into(),
+        );
+        let producer = self.handle().await?;
+        let timeout = self.send_timeout;
+        let result = ClientEnv::get()?
+            .run(async move { producer.send_with_timeout(msg, timeout).await })
+            .await?;
+        check_sent(result)
+    }
+
+    /// Record that the dead letter of `task_id` in `round` was replayed
+    /// (a message on the `replayed` topic; see [`super::monitor::ReplayMarker`]).
+    pub async fn send_replay_marker(
+        &self,
+        topic: &str,
+        task_id: &str,
+        round: u32,
+    ) -> Result<(), QueueError> {
+        let body = serde_json::to_vec(&super::monitor::ReplayMarker {
+            task_id: task_id.to_string(),
+            round,
+        })
+        .map_err(|e| QueueError::BadMessage(e.to_string()))?;
+        let msg = Message::builder()
+            .topic(topic)
+            .key(task_id)
+            .body(body)
+            .build()
+            .map_err(|e| QueueError::BadMessage(e.to_string()))?;
+        self.send_other(vec![msg]).await
+    }
+
     /// Publish a copy of `original` to `%DLQ%<consumer_group>` with the
     /// reason and the number of attempts as properties.
     pub async fn send_dead_letter(
