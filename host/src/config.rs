@@ -409,11 +409,23 @@ impl Default for LimitsConfig {
 pub struct WorkerConfig {
     /// Tasks rendered at once by this process; 0 = number of CPUs.
     pub concurrency: usize,
+    /// Deliveries in progress at once on the embedded queue (waiting for
+    /// their commits, their template, a render slot): more than
+    /// `concurrency` so that one fsync commits the state changes of many
+    /// tasks. At least `concurrency` is used.
+    pub in_flight: usize,
+    /// CPU priority (nice, 0..=19) of the render threads: above 0 the
+    /// API's threads are served first when renders keep every core busy.
+    pub render_nice: i32,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { concurrency: 0 }
+        WorkerConfig {
+            concurrency: 0,
+            in_flight: 64,
+            render_nice: 10,
+        }
     }
 }
 
@@ -584,6 +596,12 @@ impl Config {
         if l.result_retention_s == 0 {
             return Err(invalid("limits.result_retention_s", "must be > 0"));
         }
+        if !(0..=19).contains(&self.worker.render_nice) {
+            return Err(invalid("worker.render_nice", "must be in 0..=19"));
+        }
+        if !(1..=4096).contains(&self.worker.in_flight) {
+            return Err(invalid("worker.in_flight", "must be in 1..=4096"));
+        }
         if l.max_queued_tasks == 0 {
             return Err(invalid("limits.max_queued_tasks", "must be > 0"));
         }
@@ -661,6 +679,12 @@ impl Config {
                 .unwrap_or(2),
             n => n,
         }
+    }
+
+    /// Deliveries in progress at once (`worker.in_flight`, at least the
+    /// render concurrency).
+    pub fn worker_in_flight(&self) -> usize {
+        self.worker.in_flight.max(self.worker_concurrency())
     }
 
     /// Where templates and results live (`storage.shared_dir`, else

@@ -135,15 +135,20 @@ impl Server {
             }
         };
         let telemetry = Arc::new(Telemetry::new(std::time::Duration::from_secs(300)));
+        // Renders at once (CPU); more deliveries are in progress than that,
+        // waiting for commits (their fsyncs shared) or broker round trips
+        // (RocketMQ: at most consumer_thread_max per lane).
+        let renders = config.worker_concurrency();
+        let concurrency = config.worker_in_flight();
         let worker: Arc<dyn crate::queue::TaskHandler> = Arc::new(Worker {
             store: store.clone(),
+            renders: crate::worker::RenderGate::new(renders, config.worker.render_nice),
             status,
             templates: templates.clone(),
             plugins: plugins.clone(),
             telemetry: telemetry.clone(),
             auth: auth.clone(),
         });
-        let concurrency = config.worker_concurrency();
         if role.runs_worker() {
             sync_in_flight_limits(auth.clone(), queue.clone()).await;
             queue.start_consuming(worker.clone(), concurrency).await?;
