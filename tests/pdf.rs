@@ -24,9 +24,13 @@ fn asset_text(name: &str) -> String {
 /// others wait and then load it from the shared cache instead of compiling
 /// it at the same time.
 async fn start(extra: &str) -> TestServer {
+    start_with(&["pdf"], extra).await
+}
+
+async fn start_with(plugins: &[&str], extra: &str) -> TestServer {
     static FIRST: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
     let mut warmed = FIRST.lock().await;
-    let server = TestServer::start(&["pdf"], extra).await;
+    let server = TestServer::start(plugins, extra).await;
     *warmed = true;
     server
 }
@@ -461,4 +465,249 @@ fn cli_render_writes_a_pdf() {
     let t = text(path, None);
     assert!(t.contains("Dear Charles Babbage,"), "{t}");
     assert!(t.contains("#panic() ] *bold* stays text."), "{t}");
+}
+
+/// Submit `body` (an export request); the task's final state.
+async fn export_final(s: &TestServer, body: Value) -> Value {
+    let (status, resp) = s.post_json("/api/v1/export", &body).await;
+    assert_eq!(status, 202, "{resp}");
+    let task = resp["data"]["task_id"]
+        .as_str()
+        .expect("task id")
+        .to_string();
+    s.wait_final(&task, Duration::from_secs(120)).await
+}
+
+async fn result_pdf(s: &TestServer, done: &Value) -> Vec<u8> {
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", s.log());
+    let task = done["task_id"].as_str().expect("task id");
+    let r = s.result(task).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.expect("body").to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_from_the_template_bundle() {
+    let s = start("").await;
+    let template =
+        "= Bundled\n#image(\"logo.png\", width: 3cm)\n#image(\"stamp.png\", width: 1cm)\n";
+    let (status, body) = s.put_template("bundled", "bundled.typ", template).await;
+    assert_eq!(status, 201, "{body}");
+    for png in ["logo.png", "stamp.png"] {
+        let (status, body) = s
+            .put_template("bundled", png, std::fs::read(asset(png)).expect("png"))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // The bundle lists the template and both assets; a second template kind
+    // file would replace the first, assets sit side by side.
+    let (_, info) = s.get_json("/api/v1/templates/bundled").await;
+    let files: Vec<(String, String)> = info["data"]["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().into(),
+                f["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("bundled.typ".to_string(), "typ".to_string()),
+            ("logo.png".into(), "png".into()),
+            ("stamp.png".into(), "png".into())
+        ],
+        "{info}"
+    );
+
+    let done = export_final(
+        &s,
+        json!({ "template_id": "bundled", "output_format": "pdf", "data": {} }),
+    )
+    .await;
+    let pdf = result_pdf(&s, &done).await;
+    let path = save(s.dir.path(), "bundled.pdf", &pdf);
+    qpdf_check(&path);
+    let mut imgs = images(&path);
+    imgs.sort();
+    assert_eq!(imgs, [(16, 16), (40, 20)], "both bundle images in the PDF");
+
+    // A file the bundle does not have is a bad template naming it; so is a
+    // path out of the bundle.
+    for (name, reference) in [("missing", "nope.png"), ("escape", "../bundled/logo.png")] {
+        let (status, body) = s
+            .put_template(
+                name,
+                &format!("{name}.typ"),
+                format!("#image(\"{reference}\")\n"),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = s
+            .put_template(
+                name,
+                "logo.png",
+                std::fs::read(asset("logo.png")).expect("png"),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let done = export_final(
+            &s,
+            json!({ "template_id": name, "output_format": "pdf", "data": {} }),
+        )
+        .await;
+        assert_eq!(done["status"], "failed", "{done}");
+        let reason = done["error"].to_string();
+        assert!(reason.contains("bad_template"), "{reason}");
+    }
+
+    // Neither a template kind nor an asset kind: refused, saying which are.
+    let (status, body) = s.put_template("bundled", "tool.exe", "MZ").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("asset kinds"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_options_reach_the_template() {
+    let s = start("").await;
+    let template =
+        "#let o = json(\"options.json\")\n#set page(paper: o.paper)\nGreeting: #o.greeting\n";
+    let (status, body) = s.put_template("opts", "opts.typ", template).await;
+    assert_eq!(status, 201, "{body}");
+    let done = export_final(
+        &s,
+        json!({
+            "template_id": "opts", "output_format": "pdf", "data": {},
+            "options": { "paper": "a5", "greeting": "Hi #panic() *x*" },
+        }),
+    )
+    .await;
+    let pdf = result_pdf(&s, &done).await;
+    let path = save(s.dir.path(), "opts.pdf", &pdf);
+    assert!(text(&path, None).contains("Greeting: Hi #panic() *x*"));
+    // A5 is 419.53 x 595.28 pt (pdfinfo, an independent reader).
+    let info = run("pdfinfo", &[&path]);
+    assert!(info.contains("419.528 x 595.276 pts"), "{info}");
+
+    // The plugin's own options are checked by it: a permanent failure.
+    let done = export_final(
+        &s,
+        json!({ "template_id": "opts", "output_format": "pdf", "data": {},
+                "options": { "paper": "a5", "greeting": "x", "today": "yesterday" } }),
+    )
+    .await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(done["error"].to_string().contains("today"), "{done}");
+
+    // Bad options are a 400 naming the problem, nothing queued.
+    let too_many: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for (options, expected) in [
+        (json!({ "bad key": "v" }), "bad key"),
+        (json!({ "k": "x".repeat(1025) }), "at most 1024"),
+        (Value::Object(too_many), "at most 32"),
+        (json!({ "k": 1 }), "expected a string"),
+    ] {
+        let (status, body) = s
+            .post_json(
+                "/api/v1/export",
+                &json!({ "template_id": "opts", "output_format": "pdf", "data": {}, "options": options }),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(expected),
+            "{expected}: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pdf_of_a_docx_only_template_is_refused_saying_a_typ_is_needed() {
+    let s = start_with(&["pdf", "docx"], "").await;
+    let docx =
+        std::fs::read(common::repo_root().join("tests/assets/docx/letter.docx")).expect("docx");
+    let (status, body) = s.put_template("wordonly", "letter.docx", docx).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = s
+        .post_json(
+            "/api/v1/export",
+            &json!({ "template_id": "wordonly", "output_format": "pdf", "data": {} }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains("pdf") && message.contains("typ"),
+        "{message}"
+    );
+}
+
+#[test]
+fn cli_render_with_options_and_a_bundle_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    std::fs::copy(common::component("pdf"), plugins.join("pdf.wasm")).expect("copy");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage:\n  data_dir: \"{}\"\nplugins:\n  cache_dir: \"{}\"\n",
+            dir.path().join("data").display(),
+            common::shared_cache_dir().display()
+        ),
+    )
+    .expect("config");
+    // The template's directory is its bundle.
+    let template = dir.path().join("t.typ");
+    std::fs::write(
+        &template,
+        "#set page(paper: json(\"options.json\").paper)\n#image(\"logo.png\")\nNamed #sys.inputs.name\n",
+    )
+    .expect("template");
+    std::fs::copy(asset("logo.png"), dir.path().join("logo.png")).expect("logo");
+    let data = dir.path().join("d.json");
+    std::fs::write(&data, r#"{"name": "Ada"}"#).expect("data");
+    let out = dir.path().join("o.pdf");
+    let render = |options: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_export-host"));
+        cmd.args(["render", "--config"])
+            .arg(&config)
+            .arg("--plugins")
+            .arg(&plugins)
+            .arg("--template")
+            .arg(&template)
+            .arg("--data")
+            .arg(&data)
+            .args(["--format", "pdf", "--out"])
+            .arg(&out)
+            .env("RUST_LOG", "warn");
+        for o in options {
+            cmd.args(["--option", o]);
+        }
+        cmd.output().expect("run export-host render")
+    };
+    let ok = render(&["paper=a6"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let path = out.to_str().expect("utf-8 path");
+    qpdf_check(path);
+    assert!(text(path, None).contains("Named Ada"));
+    assert_eq!(images(path), [(40, 20)]);
+    let info = run("pdfinfo", &[path]);
+    assert!(info.contains("297.638 x 419.528 pts"), "A6: {info}");
+
+    let bad = render(&["no-equals-sign"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("KEY=VALUE"));
 }

@@ -94,6 +94,7 @@ fn message(priority: i32) -> TaskMessage {
         data: serde_json::value::RawValue::from_string("{\"k\":1}".into()).expect("raw"),
         created_at: chrono::Utc::now(),
         round: 0,
+        options: Default::default(),
     }
 }
 

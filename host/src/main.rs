@@ -58,6 +58,10 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         plugins: Option<PathBuf>,
+        /// A plugin option, `key=value` (repeatable), as `options` of an
+        /// export request.
+        #[arg(long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
     },
     /// Manage plugins.
     Plugins {
@@ -287,7 +291,17 @@ async fn run(cli: Cli) -> Result<()> {
             out,
             config,
             plugins,
+            options,
         } => {
+            let mut option_map = std::collections::BTreeMap::new();
+            for o in &options {
+                let Some((k, v)) = o.split_once('=') else {
+                    bail!("--option {o:?}: expected KEY=VALUE");
+                };
+                option_map.insert(k.to_string(), v.to_string());
+            }
+            export_host::api::export::validate_options(&option_map)
+                .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
             let mut config = load_config(config.as_ref())?;
             if let Some(p) = plugins {
                 config.plugins.dir = p;
@@ -323,9 +337,21 @@ async fn run(cli: Cli) -> Result<()> {
             if !value.is_object() {
                 bail!("{} must hold a JSON object", data.display());
             }
+            // The template's directory is its bundle (assets such as
+            // logo.png next to it), as an uploaded template id's files are.
+            let input = export_host::plugin::TemplateInput {
+                bytes: template_bytes,
+                bundle: Some(
+                    std::path::absolute(&template)?
+                        .parent()
+                        .map(|p| p.to_path_buf())
+                        .unwrap_or_default(),
+                ),
+            };
+            let option_list: Vec<(String, String)> = option_map.into_iter().collect();
             let started = std::time::Instant::now();
             let doc = tokio::task::spawn_blocking(move || {
-                host.render(&format, &name, template_bytes, data_text, Vec::new())
+                host.render(&format, &name, input, data_text, option_list)
             })
             .await?
             .map_err(|fault| anyhow::anyhow!("render failed ({}): {fault}", fault.class()))?;

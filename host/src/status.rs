@@ -276,6 +276,7 @@ mod tests {
             data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
             created_at: Utc::now(),
             round: 0,
+            options: Default::default(),
         };
         TaskEvent::new(&m, attempt, kind)
     }

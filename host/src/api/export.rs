@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -37,6 +38,11 @@ pub struct ExportRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 9)]
     priority: Option<i32>,
+    /// Options for the format plugin, e.g. `{"today": "2024-02-29"}` (see
+    /// docs/PLUGINS.md for each plugin's): at most 32, keys of 1 to 64
+    /// letters, digits, `-`, `_`, `.`, values of at most 1024 bytes.
+    #[serde(default)]
+    options: BTreeMap<String, String>,
 }
 
 /// Many tasks with the same template and format, all or none accepted.
@@ -51,6 +57,47 @@ pub struct BatchRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 9)]
     priority: Option<i32>,
+    /// Options for the format plugin, the same for every task (as for one task).
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+}
+
+/// Options on one task, at most.
+pub const MAX_OPTIONS: usize = 32;
+/// Longest option key, bytes.
+pub const MAX_OPTION_KEY: usize = 64;
+/// Longest option value, bytes.
+pub const MAX_OPTION_VALUE: usize = 1024;
+
+/// Check request options: count, key syntax and sizes, value sizes. The
+/// reason names the offending key.
+pub fn validate_options(options: &BTreeMap<String, String>) -> Result<(), String> {
+    if options.len() > MAX_OPTIONS {
+        return Err(format!(
+            "options has {} keys; at most {MAX_OPTIONS}",
+            options.len()
+        ));
+    }
+    for (key, value) in options {
+        if key.is_empty()
+            || key.len() > MAX_OPTION_KEY
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(format!(
+                "option key {:?} must be 1 to {MAX_OPTION_KEY} letters, digits, '-', '_' or '.'",
+                key.chars().take(80).collect::<String>()
+            ));
+        }
+        if value.len() > MAX_OPTION_VALUE {
+            return Err(format!(
+                "option {key:?} is {} bytes; at most {MAX_OPTION_VALUE}",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -105,6 +152,7 @@ pub async fn submit(
             &req.output_format,
             req.priority,
             vec![req.data],
+            req.options,
         )
     })
     .await?;
@@ -240,6 +288,7 @@ pub async fn submit_batch(
             &req.output_format,
             req.priority,
             req.data_list,
+            req.options,
         )
     })
     .await?;
@@ -263,7 +312,9 @@ async fn accept(
     output_format: &str,
     priority: Option<i32>,
     data_list: Vec<Box<RawValue>>,
+    options: BTreeMap<String, String>,
 ) -> Result<Vec<TaskId>, ApiError> {
+    validate_options(&options).map_err(ApiError::bad_request)?;
     let tenant = caller.tenant.clone();
     let template_id = TemplateId::parse(template_id)?;
     let priority = priority.unwrap_or(0);
@@ -360,6 +411,7 @@ async fn accept(
             data,
             created_at,
             round: 0,
+            options: options.clone(),
         });
     }
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id.clone()).collect();

@@ -1,4 +1,5 @@
-//! Template bundles: upload a file, list, fetch, delete.
+//! Template bundles: upload a file (a template, or an asset such as
+//! `logo.png` its templates use), list, fetch, delete.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -12,7 +13,9 @@ use super::AppState;
 use super::error::{ApiError, Envelope, ErrorEnvelope, ok};
 use crate::auth::Caller;
 use crate::ids::{FileName, TemplateId};
-use crate::store::templates::TemplateInfo;
+use crate::store::templates::{
+    ASSET_KINDS, BUNDLE_BYTES_FACTOR, MAX_BUNDLE_FILES, TemplateError, TemplateInfo,
+};
 
 /// One file of a template bundle.
 #[derive(Debug, Serialize, ToSchema)]
@@ -24,7 +27,8 @@ pub struct TemplateFileView {
     pub size: u64,
 }
 
-/// A template: one file per kind.
+/// A template: one template file per kind a plugin renders from, plus the
+/// asset files (images, data) its templates read.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TemplateView {
     pub template_id: String,
@@ -58,9 +62,14 @@ pub struct TemplateDeleted {
     pub template_id: String,
 }
 
-/// Upload one template file (the request body is the file).
+/// Upload one file of a template bundle (the request body is the file).
 ///
-/// The file's extension is its kind; a loaded plugin must render from that kind.
+/// The file's extension is its kind. A kind a loaded plugin renders from
+/// (`docx`, `typ`, …) is the template file of that kind and replaces the
+/// previous one; an asset kind (`png`, `jpg`, `jpeg`, `gif`, `svg`, `webp`,
+/// `json`, `csv`, `yaml`, `yml`, `toml`, `xml`, `bib`, `txt`) is added beside
+/// the others, for templates to read (e.g. Typst `image("logo.png")`). A
+/// template holds at most 64 files and 4 × `limits.max_template_bytes` in all.
 #[utoipa::path(
     put,
     path = "/api/v1/templates/{template_id}/{file_name}",
@@ -75,8 +84,8 @@ pub struct TemplateDeleted {
     responses(
         (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
         (status = 201, description = "Stored; the template as it is now", body = Envelope<TemplateView>),
-        (status = 400, description = "Invalid id or file name, empty file, or no loaded plugin renders from this kind", body = ErrorEnvelope),
-        (status = 413, description = "File over `limits.max_template_bytes`", body = ErrorEnvelope),
+        (status = 400, description = "Invalid id or file name, empty file, or neither a kind a loaded plugin renders from nor an asset kind", body = ErrorEnvelope),
+        (status = 413, description = "File over `limits.max_template_bytes`, or the bundle over 64 files or 4 × that limit in all", body = ErrorEnvelope),
         (status = 500, description = "Storage failure", body = ErrorEnvelope),
     )
 )]
@@ -106,17 +115,26 @@ pub async fn put_file(
         .into_iter()
         .flat_map(|f| f.template_kinds)
         .collect();
-    if !known.contains(&file.kind()) {
+    let kind = file.kind();
+    let is_template = known.contains(&kind);
+    if !is_template && !ASSET_KINDS.contains(&kind.as_str()) {
         return Err(ApiError::bad_request(format!(
-            "no loaded plugin renders from .{} files; known kinds: {}",
-            file.kind(),
-            known.join(", ")
+            "no loaded plugin renders from .{kind} files and it is no asset kind; template kinds: {}; asset kinds: {}",
+            known.join(", "),
+            ASSET_KINDS.join(", ")
         )));
     }
+    let max_bundle = (limit as u64).saturating_mul(BUNDLE_BYTES_FACTOR as u64);
     let info = app
         .templates
-        .put(&tenant, &id, &file, body.to_vec())
-        .await?;
+        .put(&tenant, &id, &file, body.to_vec(), is_template, max_bundle)
+        .await
+        .map_err(|e| match e {
+            TemplateError::Full(why) => ApiError::too_large(format!(
+                "{why} (at most {MAX_BUNDLE_FILES} files, {max_bundle} bytes)"
+            )),
+            other => other.into(),
+        })?;
     Ok(ok(
         StatusCode::CREATED,
         TemplateView::from(info),

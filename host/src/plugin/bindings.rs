@@ -6,6 +6,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
+pub use self::export_host::plugin::bundle;
 pub use self::export_host::plugin::fonts;
 pub use self::export_host::plugin::types::{
     Document, ErrorInfo, OutputFormat, PluginInfo, RenderError, RenderRequest,
@@ -13,6 +14,14 @@ pub use self::export_host::plugin::types::{
 
 /// The WIT package this host was built against.
 pub const WIT_PACKAGE: &str = "export-host:plugin";
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 /// The export every plugin must provide, with its version.
-pub const RENDERER_EXPORT: &str = "export-host:plugin/renderer@0.1.0";
+pub const RENDERER_EXPORT: &str = "export-host:plugin/renderer@0.1.1";
+
+/// Whether `export` is a renderer this host can drive: any 0.1.x (semver
+/// compatible; wasmtime matches the names the same way).
+pub fn renderer_compatible(export: &str) -> bool {
+    export
+        .strip_prefix("export-host:plugin/renderer@0.1.")
+        .is_some_and(|patch| !patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit()))
+}

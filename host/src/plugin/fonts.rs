@@ -18,6 +18,7 @@ struct Entry {
 
 pub struct FontIndex {
     entries: OnceLock<Vec<Entry>>,
+    fingerprint: OnceLock<String>,
     building: Mutex<Option<std::thread::JoinHandle<Vec<Entry>>>>,
     files: Mutex<HashMap<PathBuf, Arc<Vec<u8>>>>,
 }
@@ -31,6 +32,7 @@ impl FontIndex {
             .ok();
         FontIndex {
             entries: OnceLock::new(),
+            fingerprint: OnceLock::new(),
             building: Mutex::new(handle),
             files: Mutex::default(),
         }
@@ -49,6 +51,44 @@ impl FontIndex {
 
     pub fn faces(&self) -> Vec<FontFace> {
         self.entries().iter().map(|e| e.face.clone()).collect()
+    }
+
+    /// A digest of everything `faces()` returns and of the files behind it
+    /// (path, size, modification time): a plugin's prepared state depends on
+    /// the fonts on offer.
+    pub fn fingerprint(&self) -> &str {
+        self.fingerprint.get_or_init(|| {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            for e in self.entries() {
+                let f = &e.face;
+                h.update(format!(
+                    "{}\0{}\0{:?}\0{}\0{}\0{}\0{}\0{}\0{}\0",
+                    e.path.display(),
+                    f.family,
+                    f.style,
+                    f.weight,
+                    f.stretch,
+                    f.index,
+                    f.monospace,
+                    f.serif,
+                    f.coverage.len()
+                ));
+                for (a, b) in &f.coverage {
+                    h.update(a.to_le_bytes());
+                    h.update(b.to_le_bytes());
+                }
+                if let Ok(meta) = std::fs::metadata(&e.path) {
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    h.update(format!("{}\0{modified}\0", meta.len()));
+                }
+            }
+            hex::encode(&h.finalize()[..16])
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -92,6 +92,8 @@ pub struct TaskState {
     pub table: ResourceTable,
     pub limiter: Limiter,
     pub fonts: Arc<FontIndex>,
+    /// The task's template bundle directory (the `bundle` import).
+    pub bundle: Option<std::path::PathBuf>,
     pub stdout: CapturePipe,
     pub stderr: CapturePipe,
 }
@@ -107,6 +109,13 @@ impl WasiView for TaskState {
 
 /// `types` declares no functions; linking it needs this (empty) impl.
 impl super::bindings::export_host::plugin::types::Host for TaskState {}
+
+impl super::bindings::bundle::Host for TaskState {
+    fn read(&mut self, name: String) -> Option<Vec<u8>> {
+        // A file larger than the sandbox's memory could never be used.
+        super::bundle::read(self.bundle.as_deref()?, &name, self.limiter.memory_max)
+    }
+}
 
 impl super::bindings::fonts::Host for TaskState {
     fn faces(&mut self) -> Vec<super::bindings::fonts::FontFace> {
@@ -134,6 +143,7 @@ impl TaskState {
             table: ResourceTable::new(),
             limiter: Limiter::new(limits),
             fonts,
+            bundle: None,
             stdout,
             stderr,
         }

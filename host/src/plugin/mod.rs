@@ -6,6 +6,8 @@
 //! * [`fault`] — what can go wrong, and whether it is worth a retry.
 //! * [`cache`] — precompiled `.cwasm` files.
 //! * [`fonts`] — the fonts the host shares (the `fonts` import).
+//! * [`bundle`] — the task's template bundle (the `bundle` import).
+//! * [`prepare`] — plugins pre-initialised once per load (Wizer snapshots).
 //! * [`stdio`] — bounded capture of guest stdout/stderr.
 //!
 //! Calls are synchronous (run them on a blocking thread); a ticker thread
@@ -16,10 +18,12 @@
 //! plugin file.
 
 pub mod bindings;
+pub mod bundle;
 pub mod cache;
 pub mod fault;
 pub mod fonts;
 pub mod limits;
+pub mod prepare;
 pub mod stdio;
 
 use std::collections::BTreeMap;
@@ -31,6 +35,7 @@ use wasmtime::{Engine, Store};
 
 use crate::config::LimitsOverride;
 use bindings::{FormatPlugin, FormatPluginPre, RenderRequest};
+pub use bundle::TemplateInput;
 pub use fault::{Fault, Retry};
 use limits::TaskState;
 pub use limits::{Caps, Limits};
@@ -98,6 +103,10 @@ struct Loaded {
     formats: Vec<FormatInfo>,
     limits: Limits,
     pre: FormatPluginPre<TaskState>,
+    /// The component's bytes while it still waits for its `prepare`
+    /// snapshot (see [`PluginHost::watch`]); `None` once prepared or when it
+    /// has no `prepare`.
+    unprepared: Option<Arc<Vec<u8>>>,
 }
 
 struct FileEntry {
@@ -147,6 +156,8 @@ pub struct PluginHost {
     config: SandboxConfig,
     fonts: Arc<fonts::FontIndex>,
     registry: RwLock<Registry>,
+    /// Serialises `prepare` snapshots (one at a time, off the request path).
+    preparing: std::sync::Mutex<()>,
     _ticker: Ticker,
 }
 
@@ -186,7 +197,12 @@ fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
             // instead of unmapping them: a fresh sandbox then takes no page
             // fault per page it touches (DOCX invoice -16 %, letter -45 %).
             .linear_memory_keep_resident(16 << 20)
-            .table_keep_resident(1 << 16);
+            .table_keep_resident(1 << 16)
+            // Reset only the pages a task dirtied (Linux >= 6.7 PAGEMAP_SCAN),
+            // not all 16 MiB: a prepared plugin's memory starts as its
+            // snapshot, and restoring the whole resident part from the image
+            // after every task cost ~1 ms (pdf letter).
+            .pagemap_scan(wasmtime::Enabled::Auto);
         c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
     Engine::new(&c)
@@ -238,6 +254,7 @@ impl PluginHost {
             fonts: Arc::new(fonts::FontIndex::new(config.font_dirs.clone())),
             config,
             registry: RwLock::default(),
+            preparing: std::sync::Mutex::new(()),
             _ticker: Ticker(stop),
         })
     }
@@ -301,7 +318,7 @@ impl PluginHost {
             let entry = match result {
                 Ok(loaded) => {
                     let names: Vec<&str> = loaded.formats.iter().map(|f| f.name.as_str()).collect();
-                    tracing::info!(%file, plugin = %loaded.name, version = %loaded.version, formats = ?names, "plugin loaded");
+                    tracing::info!(%file, plugin = %loaded.name, version = %loaded.version, formats = ?names, waits_for_prepare = loaded.unprepared.is_some(), "plugin loaded");
                     FileEntry {
                         stamp,
                         loaded: Some(Arc::new(loaded)),
@@ -326,9 +343,28 @@ impl PluginHost {
         Ok(any)
     }
 
-    /// Check `dir` every [`WATCH_INTERVAL`] until the host is dropped.
+    /// Check `dir` every [`WATCH_INTERVAL`] until the host is dropped, and
+    /// prepare loaded plugins that export `prepare` (no snapshot cached
+    /// yet) in the background: they serve as plain components meanwhile,
+    /// then tasks start from the snapshot. `export-host render` does not
+    /// watch, so it uses a cached snapshot but never makes one.
     pub fn watch(self: &Arc<Self>, dir: PathBuf) {
         let weak: Weak<PluginHost> = Arc::downgrade(self);
+        let preparer = weak.clone();
+        let spawned = std::thread::Builder::new()
+            .name("plugin-prepare".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(WATCH_INTERVAL);
+                    let Some(host) = preparer.upgrade() else {
+                        return;
+                    };
+                    host.prepare_waiting();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the plugin preparer");
+        }
         let spawned = std::thread::Builder::new()
             .name("plugin-watch".into())
             .spawn(move || {
@@ -345,6 +381,70 @@ impl PluginHost {
         }
     }
 
+    /// Snapshot every loaded plugin that still waits for its `prepare`, and
+    /// swap the snapshot in (if the file has not changed meanwhile).
+    pub fn prepare_waiting(&self) {
+        let _one = self.preparing.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting: Vec<(String, Arc<Loaded>, Arc<Vec<u8>>)> = {
+            let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
+            reg.files
+                .iter()
+                .filter_map(|(file, e)| {
+                    let loaded = e.loaded.clone()?;
+                    let bytes = loaded.unprepared.clone()?;
+                    Some((file.clone(), loaded, bytes))
+                })
+                .collect()
+        };
+        for (file, loaded, bytes) in waiting {
+            let started = std::time::Instant::now();
+            let prepared = self.prepared(&bytes).and_then(|component| {
+                let pre = self
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(|e| format!("{e:#}"))?;
+                FormatPluginPre::new(pre).map_err(|e| format!("{e:#}"))
+            });
+            let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+            let Some(entry) = reg.files.get_mut(&file) else {
+                continue;
+            };
+            let current = entry
+                .loaded
+                .as_ref()
+                .is_some_and(|l| Arc::ptr_eq(l, &loaded));
+            match prepared {
+                Ok(pre) if current => {
+                    entry.loaded = Some(Arc::new(Loaded {
+                        name: loaded.name.clone(),
+                        version: loaded.version.clone(),
+                        formats: loaded.formats.clone(),
+                        limits: loaded.limits,
+                        pre,
+                        unprepared: None,
+                    }));
+                    reg.index();
+                    tracing::info!(%file, plugin = %loaded.name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin prepared; tasks now start from its snapshot");
+                }
+                Ok(_) => {}
+                Err(error) if current => {
+                    tracing::warn!(%file, %error, "plugin not prepared; every task initialises it");
+                    // Do not try again until the file changes.
+                    entry.loaded = Some(Arc::new(Loaded {
+                        name: loaded.name.clone(),
+                        version: loaded.version.clone(),
+                        formats: loaded.formats.clone(),
+                        limits: loaded.limits,
+                        pre: loaded.pre.clone(),
+                        unprepared: None,
+                    }));
+                    reg.index();
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     fn limits_for(&self, plugin: &str) -> Limits {
         match self.config.overrides.get(plugin) {
             Some(o) => self.config.limits.with(o),
@@ -354,8 +454,20 @@ impl PluginHost {
 
     fn load_file(&self, path: &Path) -> Result<Loaded, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        let component = cache::load(&self.engine, &self.config.cache_dir, &bytes)
-            .map_err(|e| format!("not a valid component: {e:#}"))?;
+        // A snapshot made earlier (same component, same fonts) serves at
+        // once; otherwise the plain component, prepared later in the
+        // background (`watch`).
+        let may_prepare = prepare::may_export(&bytes);
+        let snapshot = may_prepare
+            .then(|| prepare::cached(&self.config.cache_dir, &bytes, self.fonts.fingerprint()))
+            .flatten()
+            .and_then(|snap| cache::load(&self.engine, &self.config.cache_dir, &snap).ok());
+        let prepared = snapshot.is_some();
+        let component = match snapshot {
+            Some(component) => component,
+            None => cache::load(&self.engine, &self.config.cache_dir, &bytes)
+                .map_err(|e| format!("not a valid component: {e:#}"))?,
+        };
         self.check_world(&component)?;
         let pre = self
             .linker
@@ -408,7 +520,27 @@ impl PluginHost {
             version: info.version,
             formats,
             pre,
+            unprepared: (may_prepare && !prepared).then(|| Arc::new(bytes)),
         })
+    }
+
+    /// The component started from its `prepare` snapshot (made now, and
+    /// cached).
+    fn prepared(&self, bytes: &[u8]) -> Result<Component, String> {
+        let component = prepare::snapshot(
+            &self.engine,
+            &self.linker,
+            self.store(&self.config.limits),
+            &self.config.cache_dir,
+            self.fonts.fingerprint(),
+            bytes,
+        )
+        .and_then(|snap| {
+            cache::load(&self.engine, &self.config.cache_dir, &snap)
+                .map_err(|e| format!("the snapshot does not compile: {e:#}"))
+        })?;
+        self.check_world(&component)?;
+        Ok(component)
     }
 
     /// Refuse components built against another version of the contract,
@@ -419,13 +551,13 @@ impl PluginHost {
             .exports(&self.engine)
             .map(|(name, _)| name.to_string())
             .collect();
-        if exports.iter().any(|e| e == bindings::RENDERER_EXPORT) {
+        if exports.iter().any(|e| bindings::renderer_compatible(e)) {
             return Ok(());
         }
         let prefix = format!("{}/renderer@", bindings::WIT_PACKAGE);
         match exports.iter().find(|e| e.starts_with(&prefix)) {
             Some(other) => Err(format!(
-                "WIT version mismatch: the component exports {other}, this host implements {} (accepts {}@{})",
+                "WIT version mismatch: the component exports {other}, this host implements {} (accepts {}@0.1.0 to @{}, semver compatible)",
                 bindings::RENDERER_EXPORT,
                 bindings::WIT_PACKAGE,
                 bindings::WIT_VERSION
@@ -497,7 +629,7 @@ impl PluginHost {
         &self,
         format: &str,
         template_name: &str,
-        template: Vec<u8>,
+        template: impl Into<TemplateInput>,
         data: String,
         options: Vec<(String, String)>,
     ) -> Result<Rendered, Fault> {
@@ -517,7 +649,7 @@ impl PluginHost {
         &self,
         format: &str,
         template_name: &str,
-        template: Vec<u8>,
+        template: impl Into<TemplateInput>,
         data: String,
         options: Vec<(String, String)>,
         caps: Caps,
@@ -529,10 +661,12 @@ impl PluginHost {
         let plugin = plugin.ok_or_else(|| Fault::NoPlugin(format.to_string()))?;
         let limits = plugin.limits.capped(caps);
         let mut store = self.store(&limits);
+        let template = template.into();
+        store.data_mut().bundle = template.bundle;
         let request = RenderRequest {
             format: format.into(),
             template_name: template_name.into(),
-            template,
+            template: template.bytes,
             data,
             options,
         };

@@ -38,6 +38,10 @@ pub struct TaskMessage {
     /// replayed task can leave `dead` (see [`crate::status::TaskEvent::rank`]).
     #[serde(default)]
     pub round: u32,
+    /// Options for the plugin from the request (`options` of the export
+    /// request), passed to its render request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 pub const MESSAGE_VERSION: u32 = 1;

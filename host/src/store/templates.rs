@@ -1,15 +1,35 @@
 //! Template bundles on disk: `templates/<tenant>/<template_id>/<file>`.
-//! A template id holds one file per kind, e.g. `invoice.docx` + `invoice.typ`.
+//! A template id holds one template file per kind a plugin renders from, e.g.
+//! `invoice.docx` + `invoice.typ`, and any number of asset files the
+//! templates use (images, data: [`ASSET_KINDS`]), e.g. `logo.png`; plugins
+//! read assets through the `bundle` import. Caps: [`MAX_BUNDLE_FILES`] files
+//! and [`BUNDLE_BYTES_FACTOR`] × the per-file upload limit in all.
 
 use serde::Serialize;
 use std::path::PathBuf;
 
 use crate::ids::{FileName, TemplateId, TenantId};
+use crate::plugin::TemplateInput;
+
+/// Kinds (extensions) stored as assets of a bundle when no plugin renders
+/// from them: several may sit side by side.
+pub const ASSET_KINDS: &[&str] = &[
+    "png", "jpg", "jpeg", "gif", "svg", "webp", "json", "csv", "yaml", "yml", "toml", "xml", "bib",
+    "txt",
+];
+
+/// Files one template id may hold.
+pub const MAX_BUNDLE_FILES: usize = 64;
+
+/// A bundle's bytes in all may be this many times `limits.max_template_bytes`.
+pub const BUNDLE_BYTES_FACTOR: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("template {0:?} not found")]
     NotFound(String),
+    #[error("template bundle full: {0}")]
+    Full(String),
     #[error("template storage: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -43,28 +63,56 @@ impl TemplateStore {
         self.root.join(tenant.as_str()).join(id.as_str())
     }
 
-    /// Store one file of a template, replacing a file of the same kind.
+    /// Store one file of a template. A template file (`one_per_kind`)
+    /// replaces another of its kind; an asset sits beside the others. The
+    /// bundle stays within [`MAX_BUNDLE_FILES`] and `max_bundle_bytes`.
     pub async fn put(
         &self,
         tenant: &TenantId,
         id: &TemplateId,
         file: &FileName,
         bytes: Vec<u8>,
+        one_per_kind: bool,
+        max_bundle_bytes: u64,
     ) -> Result<TemplateInfo, TemplateError> {
         let dir = self.dir(tenant, id);
         let kind = file.kind();
         let path = dir.join(file.as_str());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        tokio::task::spawn_blocking(move || -> Result<(), TemplateError> {
             std::fs::create_dir_all(&dir)?;
-            // One file per kind: drop another file of the same kind first.
+            let (mut count, mut total) = (1usize, bytes.len() as u64);
+            let mut replaced = Vec::new();
             for entry in std::fs::read_dir(&dir)? {
                 let entry = entry?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if FileName::parse(&name).is_ok_and(|f| f.kind() == kind) && entry.path() != path {
-                    std::fs::remove_file(entry.path())?;
+                let Ok(other) = FileName::parse(&name) else {
+                    continue;
+                };
+                if name.contains(".tmp-") || entry.path() == path {
+                    continue;
                 }
+                if one_per_kind && other.kind() == kind {
+                    // One template file per kind: this one goes.
+                    replaced.push(entry.path());
+                    continue;
+                }
+                count += 1;
+                total += entry.metadata()?.len();
             }
-            super::write_atomically(&path, &bytes)
+            if count > MAX_BUNDLE_FILES {
+                return Err(TemplateError::Full(format!(
+                    "a template holds at most {MAX_BUNDLE_FILES} files"
+                )));
+            }
+            if total > max_bundle_bytes {
+                return Err(TemplateError::Full(format!(
+                    "the template's files would take {total} bytes; the limit is {max_bundle_bytes}"
+                )));
+            }
+            for old in replaced {
+                std::fs::remove_file(old)?;
+            }
+            Ok(super::write_atomically(&path, &bytes)?)
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -109,20 +157,28 @@ impl TemplateStore {
         .map_err(std::io::Error::other)?
     }
 
-    /// The template's file for the first of `kinds` it has.
+    /// The template's file for the first of `kinds` it has, with its
+    /// bundle (the directory its other files are read from).
     pub async fn find(
         &self,
         tenant: &TenantId,
         id: &TemplateId,
         kinds: &[String],
-    ) -> Result<Option<(String, Vec<u8>)>, TemplateError> {
+    ) -> Result<Option<(String, TemplateInput)>, TemplateError> {
         let Some(info) = self.get(tenant, id).await? else {
             return Err(TemplateError::NotFound(id.to_string()));
         };
+        let dir = self.dir(tenant, id);
         for kind in kinds {
             if let Some(file) = info.files.iter().find(|f| &f.kind == kind) {
-                let bytes = tokio::fs::read(self.dir(tenant, id).join(&file.name)).await?;
-                return Ok(Some((file.name.clone(), bytes)));
+                let bytes = tokio::fs::read(dir.join(&file.name)).await?;
+                return Ok(Some((
+                    file.name.clone(),
+                    TemplateInput {
+                        bytes,
+                        bundle: Some(dir),
+                    },
+                )));
             }
         }
         Ok(None)

@@ -14,11 +14,14 @@
 //! }
 //! export_plugin!(Upper);
 //! ```
+//!
+//! A plugin with work to do once per load (see `prepare` in wit/plugin.wit)
+//! names a function: `export_plugin!(Upper, prepare = my_prepare);`.
 
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "format-plugin",
+        world: "prepared-plugin",
         path: "../../wit",
         pub_export_macro: true,
         default_bindings_module: "export_host_plugin_kit::bindings",
@@ -28,12 +31,26 @@ pub mod bindings {
 pub use bindings::export_host::plugin::types::{
     Document, ErrorInfo, OutputFormat, PluginInfo, RenderError, RenderRequest,
 };
+pub use bindings::exports::export_host::plugin::prepare::Guest as Prepare;
 pub use bindings::exports::export_host::plugin::renderer::Guest as Plugin;
 
-/// Export `$ty` (which implements [`Plugin`]) as this component's renderer.
+/// Export `$ty` (which implements [`Plugin`]) as this component's renderer,
+/// with a no-op `prepare`, or with `prepare = path::to::function` run once
+/// when the host loads the plugin (its state is snapshotted).
 #[macro_export]
 macro_rules! export_plugin {
     ($ty:ident) => {
+        impl $crate::Prepare for $ty {
+            fn prepare() {}
+        }
+        $crate::bindings::export!($ty with_types_in $crate::bindings);
+    };
+    ($ty:ident, prepare = $prepare:path) => {
+        impl $crate::Prepare for $ty {
+            fn prepare() {
+                $prepare()
+            }
+        }
         $crate::bindings::export!($ty with_types_in $crate::bindings);
     };
 }

@@ -14,9 +14,19 @@
 //! build Typst's font book (no bytes), and a font file is fetched only when
 //! the document uses one of its faces.
 //!
+//! `prepare` (run once per plugin load, then snapshotted by the host) builds
+//! and hashes the font book and warms Typst's lazily initialised tables with
+//! a small render, so a task's fresh sandbox starts where a warm native
+//! process would.
+//!
+//! - the template bundle's other files (`image("logo.png")`), read from the
+//!   host's `bundle` import when the template uses them.
+//!
 //! Options: `today` (`YYYY-MM-DD`, the date `datetime.today()` returns;
 //! default: the current UTC date), `tagged` (`false` skips the tagged-PDF
-//! structure: smaller and faster, less accessible).
+//! structure: smaller and faster, less accessible). Every option of the
+//! request is readable by the template as `json("options.json")` (an object
+//! of strings), e.g. `#let o = json("options.json"); #set page(paper: o.at("paper", default: "a4"))`.
 
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
@@ -32,7 +42,7 @@ use typst::syntax::DiagSpanKind;
 use typst::text::FontStyle;
 use typst_layout::PagedDocument;
 
-use crate::world::{Face, FontSource, SandboxWorld};
+use crate::world::{FontSet, FontSource, SandboxWorld};
 
 const MEDIA_TYPE: &str = "application/pdf";
 
@@ -61,7 +71,7 @@ impl Plugin for Pdf {
             &req.template_name,
             template,
             req.data,
-            host_faces(),
+            host_font_set(),
             Box::new(HostFonts),
             &options,
         )?;
@@ -72,12 +82,41 @@ impl Plugin for Pdf {
 // The component's exports (wasm only: their names do not link natively,
 // where the crate serves the benchmark and unit tests).
 #[cfg(target_arch = "wasm32")]
-export_plugin!(Pdf);
+export_plugin!(Pdf, prepare = prepare);
+
+/// Once per plugin load (the host snapshots the result): the font book, and
+/// one small render through compile and PDF export so lazily initialised
+/// tables (standard library, text segmentation, hyphenation, PDF writer)
+/// are in the snapshot. Memoized results are evicted again.
+pub fn prepare() {
+    let set = host_font_set();
+    warm_up(set, Box::new(HostFonts));
+}
+
+/// A small render touching what most documents use: text in the default
+/// fonts, a heading, a table, page numbers, JSON data and PDF export. No CJK
+/// text: that would copy a large CJK font file into the snapshot's memory.
+pub fn warm_up(set: &'static FontSet, fonts: Box<dyn FontSource>) {
+    const TEMPLATE: &str = "#set page(numbering: \"1 / 1\")\n#set text(lang: \"en\")\n\
+        = Warm-up\nHyphenation and line breaking, #sys.inputs.name.\n\
+        #table(columns: 2, [a], [#json(\"data.json\").n])\n";
+    let _ = render(
+        "warm-up.typ",
+        TEMPLATE.into(),
+        r#"{"name":"x","n":1}"#.into(),
+        set,
+        fonts,
+        &Options::default(),
+    );
+    typst::comemo::evict(0);
+}
 
 /// Render options, from the request's free-form options.
 pub struct Options {
     pub today: Option<Datetime>,
     pub tagged: bool,
+    /// Every option of the request (for `options.json`).
+    pub all: Vec<(String, String)>,
 }
 
 impl Options {
@@ -97,7 +136,11 @@ impl Options {
                 )));
             }
         };
-        Ok(Options { today, tagged })
+        Ok(Options {
+            today,
+            tagged,
+            all: req.options.clone(),
+        })
     }
 }
 
@@ -106,6 +149,7 @@ impl Default for Options {
         Options {
             today: None,
             tagged: true,
+            all: Vec::new(),
         }
     }
 }
@@ -116,11 +160,11 @@ pub fn render(
     name: &str,
     template: String,
     data: String,
-    faces: Vec<Face>,
+    set: &'static FontSet,
     fonts: Box<dyn FontSource>,
     options: &Options,
 ) -> Result<Vec<u8>, RenderError> {
-    let (world, document) = compile(name, template, data, faces, fonts, options)?;
+    let (world, document) = compile(name, template, data, set, fonts, options)?;
     let pdf_options = typst_pdf::PdfOptions {
         ident: Smart::Custom(name.to_string()),
         // No creation date unless the template sets one (`set document(date: ..)`):
@@ -139,7 +183,7 @@ pub fn compile(
     name: &str,
     template: String,
     data: String,
-    faces: Vec<Face>,
+    set: &'static FontSet,
     fonts: Box<dyn FontSource>,
     options: &Options,
 ) -> Result<(SandboxWorld, PagedDocument), RenderError> {
@@ -150,14 +194,24 @@ pub fn compile(
     }
     let converted = data::convert(&json);
     drop(json);
-    let files = std::iter::once(("/data.json".to_string(), Bytes::new(data.into_bytes())))
-        .chain(converted.files);
+    let options_json: serde_json::Map<String, serde_json::Value> = options
+        .all
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let options_json = serde_json::to_vec(&options_json).unwrap_or_else(|_| b"{}".to_vec());
+    let files = [
+        ("/data.json".to_string(), Bytes::new(data.into_bytes())),
+        ("/options.json".to_string(), Bytes::new(options_json)),
+    ]
+    .into_iter()
+    .chain(converted.files);
     let world = SandboxWorld::new(
         name,
         template,
         converted.inputs,
         files,
-        faces,
+        set,
         fonts,
         options.today,
     );
@@ -219,8 +273,15 @@ fn location(world: &SandboxWorld, name: &str, diag: &SourceDiagnostic) -> Option
     Some(format!("{file}:{line}"))
 }
 
+/// The host's fonts, read once per instance (in `prepare` when the host
+/// snapshots it).
+fn host_font_set() -> &'static FontSet {
+    static SET: std::sync::OnceLock<FontSet> = std::sync::OnceLock::new();
+    SET.get_or_init(|| FontSet::new(host_faces()))
+}
+
 /// The host's face index, described for Typst's font book.
-fn host_faces() -> Vec<Face> {
+fn host_faces() -> Vec<world::Face> {
     host_fonts::faces()
         .into_iter()
         .map(|f| {
@@ -251,6 +312,10 @@ impl FontSource for HostFonts {
     fn data(&self, id: u32) -> Option<Vec<u8>> {
         host_fonts::data(id)
     }
+
+    fn bundle_file(&self, name: &str) -> Option<Vec<u8>> {
+        export_host_plugin_kit::bindings::export_host::plugin::bundle::read(name)
+    }
 }
 
 #[cfg(test)]
@@ -259,43 +324,41 @@ mod tests {
     use std::sync::{Arc, OnceLock};
     use typst::layout::{Frame, FrameItem};
     use typst::text::Font;
+    use world::FontSet;
 
     /// DejaVu from the system (fonts-dejavu-core/-extra), as the host would
     /// offer it.
-    fn fonts() -> (Vec<Face>, Box<dyn FontSource>) {
-        static FONTS: OnceLock<Arc<Vec<(Vec<u8>, Font)>>> = OnceLock::new();
-        let fonts = FONTS.get_or_init(|| {
+    fn fonts() -> (&'static FontSet, Box<dyn FontSource>) {
+        static FONTS: OnceLock<(FontSet, Arc<Vec<Vec<u8>>>)> = OnceLock::new();
+        let (set, files) = FONTS.get_or_init(|| {
             let dir = std::path::Path::new("/usr/share/fonts/truetype/dejavu");
             let mut paths: Vec<_> = std::fs::read_dir(dir)
                 .expect("DejaVu fonts (scripts/test-deps.d/pdf.sh)")
                 .map(|e| e.expect("entry").path())
                 .collect();
             paths.sort();
-            let mut out = Vec::new();
+            let mut files = Vec::new();
+            let mut faces = Vec::new();
             for path in paths {
                 let bytes = std::fs::read(&path).expect("font");
                 for font in Font::iter(Bytes::new(bytes.clone())) {
-                    out.push((bytes.clone(), font));
+                    faces.push(world::Face {
+                        id: files.len() as u32,
+                        index: font.index(),
+                        info: font.info().clone(),
+                    });
+                    files.push(bytes.clone());
                 }
             }
-            Arc::new(out)
+            (FontSet::new(faces), Arc::new(files))
         });
-        let faces = fonts
-            .iter()
-            .enumerate()
-            .map(|(id, (_, font))| Face {
-                id: id as u32,
-                index: font.index(),
-                info: font.info().clone(),
-            })
-            .collect();
-        struct Source(Arc<Vec<(Vec<u8>, Font)>>);
+        struct Source(Arc<Vec<Vec<u8>>>);
         impl FontSource for Source {
             fn data(&self, id: u32) -> Option<Vec<u8>> {
-                self.0.get(id as usize).map(|(bytes, _)| bytes.clone())
+                self.0.get(id as usize).cloned()
             }
         }
-        (faces, Box::new(Source(fonts.clone())))
+        (set, Box::new(Source(files.clone())))
     }
 
     fn text_of(frame: &Frame, out: &mut String) {
@@ -313,12 +376,12 @@ mod tests {
         data: serde_json::Value,
         options: &Options,
     ) -> Result<String, RenderError> {
-        let (faces, source) = fonts();
+        let (set, source) = fonts();
         let (_, doc) = compile(
             "t.typ",
             template.into(),
             data.to_string(),
-            faces,
+            set,
             source,
             options,
         )?;
@@ -391,12 +454,12 @@ mod tests {
 
     #[test]
     fn non_object_data_is_bad_data() {
-        let (faces, source) = fonts();
+        let (set, source) = fonts();
         let e = render(
             "t.typ",
             "x".into(),
             "[1]".into(),
-            faces,
+            set,
             source,
             &Options::default(),
         )
@@ -406,12 +469,12 @@ mod tests {
 
     #[test]
     fn equations_use_an_installed_math_font() {
-        let (faces, source) = fonts();
+        let (set, source) = fonts();
         let (_, doc) = compile(
             "m.typ",
             "$x^2$".into(),
             "{}".into(),
-            faces,
+            set,
             source,
             &Options::default(),
         )

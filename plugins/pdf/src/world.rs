@@ -27,10 +27,16 @@ pub struct Face {
     pub info: FontInfo,
 }
 
-/// Where font bytes come from.
+/// Where font bytes (and the template bundle's other files) come from.
 pub trait FontSource: Send + Sync {
     /// The bytes of the file holding face `id`.
     fn data(&self, id: u32) -> Option<Vec<u8>>;
+
+    /// The bytes of the template bundle's file `name` (e.g. "logo.png").
+    fn bundle_file(&self, name: &str) -> Option<Vec<u8>> {
+        let _ = name;
+        None
+    }
 }
 
 /// Describe a face for the font book. `coverage` holds half-open ranges of
@@ -92,12 +98,6 @@ fn coverage_from_ranges(ranges: &mut [(u32, u32)]) -> Coverage {
         .expect("a list of u32 is a coverage")
 }
 
-struct Slot {
-    id: u32,
-    index: u32,
-    font: OnceLock<Option<Font>>,
-}
-
 /// Families tried in order when a template sets no font (Typst's own default,
 /// Libertinus Serif, is used when installed; otherwise common system fonts),
 /// then CJK families so Chinese/Japanese/Korean text renders by default.
@@ -132,34 +132,20 @@ const MATH_FAMILIES: &[&str] = &[
     "fira math",
 ];
 
-pub struct SandboxWorld {
-    library: LazyHash<Library>,
+/// The fonts on offer, described for Typst: the font book (hashed once, for
+/// Typst's memoization) and where each face's bytes come from. Built once
+/// per plugin instance; in the sandbox once per plugin load (the host's
+/// `prepare` snapshot), natively once per process.
+pub struct FontSet {
     book: LazyHash<FontBook>,
-    slots: Vec<Slot>,
-    fonts: Box<dyn FontSource>,
-    main: Source,
-    files: HashMap<FileId, Bytes>,
-    today: Option<Datetime>,
+    /// (face id for [`FontSource::data`], index in the file), by book index.
+    slots: Vec<(u32, u32)>,
+    /// The default font list (see [`DEFAULT_FAMILIES`]), if any is installed.
+    families: Option<FontList>,
 }
 
-impl SandboxWorld {
-    /// `name` is the template's file name, `files` maps absolute virtual
-    /// paths (`/data.json`) to contents.
-    pub fn new(
-        name: &str,
-        template: String,
-        inputs: Dict,
-        files: impl IntoIterator<Item = (String, Bytes)>,
-        faces: Vec<Face>,
-        fonts: Box<dyn FontSource>,
-        today: Option<Datetime>,
-    ) -> SandboxWorld {
-        let main = file_id(name).unwrap_or_else(|| file_id("main.typ").expect("valid path"));
-        let files = files
-            .into_iter()
-            .filter_map(|(path, bytes)| Some((file_id(&path)?, bytes)))
-            .collect();
-
+impl FontSet {
+    pub fn new(faces: Vec<Face>) -> FontSet {
         let mut slots = Vec::with_capacity(faces.len());
         let mut book = FontBook::new();
         let has_math_default = faces
@@ -186,15 +172,9 @@ impl SandboxWorld {
             .map(|f| (f.id, f.index, f.info))
             .chain(aliases);
         for (id, index, info) in all {
-            slots.push(Slot {
-                id,
-                index,
-                font: OnceLock::new(),
-            });
+            slots.push((id, index));
             book.push(info);
         }
-
-        let mut library = Library::builder().with_inputs(inputs).build();
         let families: Vec<FontFamily> = DEFAULT_FAMILIES
             .iter()
             .filter(|f| book.contains_family(f))
@@ -207,17 +187,62 @@ impl SandboxWorld {
             )
             .map(|f| FontFamily::new(f))
             .collect();
-        if !families.is_empty() {
-            library.styles.set(TextElem::font, FontList(families));
+        let set = FontSet {
+            book: LazyHash::new(book),
+            slots,
+            families: (!families.is_empty()).then_some(FontList(families)),
+        };
+        // Hash the book now (SipHash over every face's coverage): once here,
+        // not in every compile.
+        let _ = typst::utils::hash128(&set.book);
+        set
+    }
+}
+
+pub struct SandboxWorld {
+    library: LazyHash<Library>,
+    set: &'static FontSet,
+    /// Faces loaded so far in this render, by book index.
+    loaded: Vec<OnceLock<Option<Font>>>,
+    fonts: Box<dyn FontSource>,
+    main: Source,
+    files: HashMap<FileId, Bytes>,
+    /// Bundle files read so far (or found missing).
+    bundle: std::sync::Mutex<HashMap<FileId, Option<Bytes>>>,
+    today: Option<Datetime>,
+}
+
+impl SandboxWorld {
+    /// `name` is the template's file name, `files` maps absolute virtual
+    /// paths (`/data.json`) to contents.
+    pub fn new(
+        name: &str,
+        template: String,
+        inputs: Dict,
+        files: impl IntoIterator<Item = (String, Bytes)>,
+        set: &'static FontSet,
+        fonts: Box<dyn FontSource>,
+        today: Option<Datetime>,
+    ) -> SandboxWorld {
+        let main = file_id(name).unwrap_or_else(|| file_id("main.typ").expect("valid path"));
+        let files = files
+            .into_iter()
+            .filter_map(|(path, bytes)| Some((file_id(&path)?, bytes)))
+            .collect();
+
+        let mut library = Library::builder().with_inputs(inputs).build();
+        if let Some(families) = &set.families {
+            library.styles.set(TextElem::font, families.clone());
         }
 
         SandboxWorld {
             library: LazyHash::new(library),
-            book: LazyHash::new(book),
-            slots,
+            set,
+            loaded: (0..set.slots.len()).map(|_| OnceLock::new()).collect(),
             fonts,
             main: Source::new(main, template),
             files,
+            bundle: Default::default(),
             today,
         }
     }
@@ -238,7 +263,7 @@ impl World for SandboxWorld {
     }
 
     fn book(&self) -> &LazyHash<FontBook> {
-        &self.book
+        &self.set.book
     }
 
     fn main(&self) -> FileId {
@@ -263,18 +288,31 @@ impl World for SandboxWorld {
                 format!("packages are not available in the sandbox ({spec})").into(),
             )));
         }
-        self.files
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| FileError::NotFound(id.vpath().get_with_slash().into()))
+        if let Some(bytes) = self.files.get(&id) {
+            return Ok(bytes.clone());
+        }
+        // A file of the template bundle: a plain name at the project root
+        // (`image("logo.png")`), read once from the host.
+        let path = id.vpath().get_without_slash();
+        let found = if path.contains('/') {
+            None
+        } else {
+            let mut cache = self.bundle.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .entry(id)
+                .or_insert_with(|| self.fonts.bundle_file(path).map(Bytes::new))
+                .clone()
+        };
+        found.ok_or_else(|| FileError::NotFound(id.vpath().get_with_slash().into()))
     }
 
     fn font(&self, index: usize) -> Option<Font> {
-        let slot = self.slots.get(index)?;
-        slot.font
+        let &(id, face_index) = self.set.slots.get(index)?;
+        self.loaded
+            .get(index)?
             .get_or_init(|| {
-                let data = self.fonts.data(slot.id)?;
-                Font::new(Bytes::new(data), slot.index)
+                let data = self.fonts.data(id)?;
+                Font::new(Bytes::new(data), face_index)
             })
             .clone()
     }
