@@ -396,4 +396,9 @@ async fn without_auth_everything_may_be_listed_and_replayed() {
     );
     let (st, b) = s.post_json("/api/v1/dlq/nope/replay", &json!({})).await;
     assert_eq!(st, 404, "{b}");
+    let (st, b) = s.get_json("/api/v1/dlq?limit=many").await;
+    assert_eq!(st, 400, "{b}");
+    assert!(b["message"].as_str().unwrap().contains("limit"), "{b}");
+    let (st, b) = s.get_json("/api/v1/dlq?tenant=../x").await;
+    assert_eq!(st, 400, "{b}");
 }

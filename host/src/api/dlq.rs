@@ -8,6 +8,7 @@
 //! (`TaskQueue::replay_dead`), then records the task `queued` again; the
 //! worker's events of the new round take it on to `running` and its end.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -90,6 +91,11 @@ pub struct ReplayAllQuery {
     pub tenant: Option<String>,
 }
 
+/// A query string that does not parse: 400 in the envelope, with the reason.
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::bad_request(format!("invalid query string: {}", e.body_text()))
+}
+
 /// The dead letters the caller may see, narrowed to `tenant`, oldest first,
 /// without those replayed since (the task store knows a later round).
 async fn visible(
@@ -130,8 +136,9 @@ async fn visible(
 pub async fn list(
     State(app): State<AppState>,
     who: Identity,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(bad_query)?;
     let limit = q.limit.unwrap_or(LIST_DEFAULT);
     if limit == 0 || limit > LIST_MAX {
         return Err(ApiError::bad_request(format!(
@@ -267,8 +274,9 @@ pub async fn replay(
 pub async fn replay_all(
     State(app): State<AppState>,
     who: Identity,
-    Query(q): Query<ReplayAllQuery>,
+    q: Result<Query<ReplayAllQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(bad_query)?;
     let letters = visible(&app, &who, q.tenant.as_deref()).await?;
     let task_ids: Vec<String> = replay_letters(&app, letters)
         .await?
