@@ -402,3 +402,92 @@ async fn without_auth_everything_may_be_listed_and_replayed() {
     let (st, b) = s.get_json("/api/v1/dlq?tenant=../x").await;
     assert_eq!(st, 400, "{b}");
 }
+
+/// Split roles on RocketMQ: an API process lists and replays, a worker
+/// process renders; the worker's events of the new round reach the API
+/// process over the status topic, and the replay marker in the broker keeps
+/// the replayed letter out of the list. The worker does not serve the DLQ
+/// endpoints.
+#[tokio::test(flavor = "multi_thread")]
+async fn rocketmq_replay_with_api_and_worker_processes_apart() {
+    let broker = tokio::task::spawn_blocking(broker::Broker::shared)
+        .await
+        .expect("broker");
+    let (topic, group) = (
+        broker::unique("dlqroles"),
+        broker::unique("dlqroles_consumer"),
+    );
+    let shared = tempfile::tempdir().expect("shared dir");
+    let yaml = |role: &str, instance: &str| {
+        format!(
+            "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n  max_reconsume_times: 1\nserver:\n  role: {role}\n  instance_id: {instance}\nstorage:\n  shared_dir: \"{}\"\n",
+            broker.name_server,
+            shared.path().display()
+        )
+    };
+    let api = TestServer::start(&[], &yaml("api", "api-1")).await;
+    let worker = TestServer::start(&[], &yaml("worker", "unused")).await;
+    for s in [&api, &worker] {
+        std::fs::copy(
+            component("flaky-broken"),
+            s.dir.path().join("plugins/flaky.wasm"),
+        )
+        .expect("copy flaky-broken");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.put_template("t", "t.flaky", "hello").await.0 != 201 {
+        assert!(Instant::now() < deadline, "flaky never loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the worker's watcher too
+    let id = api.submit("t", "flaky", json!({ "n": 1 })).await;
+    let t = api.wait_final(&id, Duration::from_secs(60)).await;
+    assert_eq!(t["status"], "dead", "{t}\n{}", worker.log());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, b) = api.get_json("/api/v1/dlq").await;
+        assert_eq!(st, 200, "{b}");
+        if b["data"]["tasks"][0]["task_id"] == id.as_str() {
+            assert_eq!(b["data"]["count"], 1, "{b}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, b) = worker.get_json("/api/v1/dlq").await;
+    assert_eq!(st, 404, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("--role worker"),
+        "{b}"
+    );
+
+    // Fix the worker's plugin, replay through the API process.
+    drop_in_fixed(&worker);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (st, b) = api
+        .post_json(&format!("/api/v1/dlq/{id}/replay"), &json!({}))
+        .await;
+    assert_eq!(st, 202, "{b}");
+    let t = api.wait_final(&id, Duration::from_secs(60)).await;
+    assert_eq!(t["status"], "succeeded", "{t}\n{}", worker.log());
+    assert_eq!(
+        (t["replays"].as_u64(), t["attempts"].as_u64()),
+        (Some(1), Some(1)),
+        "{t}"
+    );
+    assert_eq!(
+        api.result(&id).await.text().await.expect("result"),
+        "hello\n{\"n\":1}"
+    );
+    let (st, b) = api.get_json("/api/v1/dlq").await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        b["data"]["count"], 0,
+        "the replayed letter is not listed: {b}"
+    );
+    let (st, b) = api
+        .post_json(&format!("/api/v1/dlq/{id}/replay"), &json!({}))
+        .await;
+    assert_eq!(st, 409, "{b}");
+}
