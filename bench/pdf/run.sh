@@ -2,7 +2,9 @@
 # PDF benchmark: in-sandbox render time (export-host serve, fresh sandbox per
 # task) for a one-page letter and a 100-row invoice, next to the same plugin
 # crate compiled natively and LibreOffice headless DOCX->PDF on equivalent
-# documents (when LibreOffice is installed).
+# documents: LibreOffice (libreoffice-writer-nogui from Debian) is installed
+# here when `soffice` is missing (set PDF_BENCH_NO_LIBREOFFICE=1 to skip it).
+# The tests never install it.
 #   bench/pdf/run.sh [N]      # N renders per document (default 20)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -16,6 +18,14 @@ if [ "${BENCH_PREBUILT:-}" != 1 ]; then
   scripts/build-plugins.sh pdf >/dev/null
 fi
 (cd bench/pdf && CARGO_TARGET_DIR="$root/target/native-pdf" cargo build --release -q)
+
+if [ -z "${PDF_BENCH_NO_LIBREOFFICE:-}" ] && ! command -v soffice >/dev/null; then
+  echo "==> installing LibreOffice (libreoffice-writer-nogui) for the comparison"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends \
+    libreoffice-writer-nogui >/dev/null
+fi
 
 plugins="$root/target/bench-pdf-plugins"
 mkdir -p "$plugins"

@@ -1,8 +1,10 @@
 //! Native render times of the pdf plugin's code (no sandbox), for comparison
-//! with the in-sandbox times. Each iteration starts from a new World, new font
-//! slots and evicted memoization caches; process-wide lazy statics (standard
-//! library tables, ICU data, ...) stay warm after the first run, which is
-//! reported separately (the state a fresh sandbox starts from every time).
+//! with the in-sandbox times. The font set (book of every face, hashed) is
+//! built once per process, as the plugin's `prepare` does once per load. Each
+//! iteration starts from a new World, no loaded font and evicted memoization
+//! caches; process-wide lazy statics (standard library tables, ICU data, ...)
+//! stay warm after the first run, which is reported separately (what a fresh
+//! sandbox would start from without the host's `prepare` snapshot).
 //!
 //! usage: export-host-pdf-bench FONT_DIR N TEMPLATE.typ DATA.json [TEMPLATE DATA ...]
 //! env: UNTAGGED=1 renders without the tagged-PDF structure (option
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use export_host_pdf::world::{Face, FontSource};
+use export_host_pdf::world::{Face, FontSet, FontSource};
 use export_host_pdf::{Options, render};
 use typst::foundations::Bytes;
 use typst::text::Font;
@@ -77,6 +79,17 @@ fn main() {
         }
     }
     let index = Arc::new(index);
+    let set: &'static FontSet = Box::leak(Box::new(FontSet::new(
+        infos
+            .iter()
+            .enumerate()
+            .map(|(id, info)| Face {
+                id: id as u32,
+                index: index[id].1,
+                info: info.clone(),
+            })
+            .collect(),
+    )));
     if std::env::var_os("COUNT_RANGES").is_some() {
         let mut total = 0;
         for info in &infos {
@@ -107,20 +120,11 @@ fn main() {
         for _ in 0..n {
             typst::comemo::evict(0);
             let started = Instant::now();
-            let faces: Vec<Face> = infos
-                .iter()
-                .enumerate()
-                .map(|(id, info)| Face {
-                    id: id as u32,
-                    index: index[id].1,
-                    info: info.clone(),
-                })
-                .collect();
             let pdf = render(
                 &name,
                 template.clone(),
                 data.clone(),
-                faces,
+                set,
                 Box::new(DirFonts {
                     faces: index.clone(),
                 }),
