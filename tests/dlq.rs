@@ -219,7 +219,10 @@ async fn dead_tasks_are_listed_per_tenant_and_replayed_after_the_fix(s: &TestSer
         let (st, b) = call(s, method, &path, None).await;
         assert_eq!(st, 401, "{path}: {b}");
         assert!(
-            b["message"].as_str().unwrap().contains("missing API key"),
+            b["message"]
+                .as_str()
+                .expect("a string")
+                .contains("missing API key"),
             "{b}"
         );
     }
@@ -235,7 +238,10 @@ async fn dead_tasks_are_listed_per_tenant_and_replayed_after_the_fix(s: &TestSer
     assert_eq!(first["attempts"], 2, "{first}");
     assert_eq!(first["replays"], 0);
     assert!(
-        first["error"].as_str().unwrap().contains("broken build"),
+        first["error"]
+            .as_str()
+            .expect("a string")
+            .contains("broken build"),
         "the last error: {first}"
     );
     assert!(first["dead_at"].is_string(), "{first}");
@@ -246,7 +252,10 @@ async fn dead_tasks_are_listed_per_tenant_and_replayed_after_the_fix(s: &TestSer
     wait_listed(s, "/api/v1/dlq?tenant=globex", ACME, &set(&[a1, a2])).await;
     let (st, b) = get(s, "/api/v1/dlq?limit=0", ROOT).await;
     assert_eq!(st, 400, "{b}");
-    assert!(b["message"].as_str().unwrap().contains("limit"), "{b}");
+    assert!(
+        b["message"].as_str().expect("a string").contains("limit"),
+        "{b}"
+    );
 
     // Another tenant's dead task does not exist for acme.
     let (st, b) = post(s, &format!("/api/v1/dlq/{g1}/replay"), Some(ACME)).await;
@@ -278,7 +287,7 @@ async fn dead_tasks_are_listed_per_tenant_and_replayed_after_the_fix(s: &TestSer
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let t = status(s, ACME, a1).await;
-        let st = t["status"].as_str().unwrap().to_string();
+        let st = t["status"].as_str().expect("a string").to_string();
         if seen.last() != Some(&st) {
             seen.push(st.clone());
         }
@@ -391,14 +400,20 @@ async fn without_auth_everything_may_be_listed_and_replayed() {
         .await;
     assert_eq!(st, 409, "{b}");
     assert!(
-        b["message"].as_str().unwrap().contains("only dead tasks"),
+        b["message"]
+            .as_str()
+            .expect("a string")
+            .contains("only dead tasks"),
         "{b}"
     );
     let (st, b) = s.post_json("/api/v1/dlq/nope/replay", &json!({})).await;
     assert_eq!(st, 404, "{b}");
     let (st, b) = s.get_json("/api/v1/dlq?limit=many").await;
     assert_eq!(st, 400, "{b}");
-    assert!(b["message"].as_str().unwrap().contains("limit"), "{b}");
+    assert!(
+        b["message"].as_str().expect("a string").contains("limit"),
+        "{b}"
+    );
     let (st, b) = s.get_json("/api/v1/dlq?tenant=../x").await;
     assert_eq!(st, 400, "{b}");
 }
@@ -458,7 +473,10 @@ async fn rocketmq_replay_with_api_and_worker_processes_apart() {
     let (st, b) = worker.get_json("/api/v1/dlq").await;
     assert_eq!(st, 404, "{b}");
     assert!(
-        b["message"].as_str().unwrap().contains("--role worker"),
+        b["message"]
+            .as_str()
+            .expect("a string")
+            .contains("--role worker"),
         "{b}"
     );
 
