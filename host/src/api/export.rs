@@ -473,7 +473,7 @@ mod tests {
     fn depth_counts_arrays_and_objects_outside_strings() {
         assert_eq!(json_depth("{}"), 1);
         assert_eq!(json_depth(r#"{"a": 1, "b": "x"}"#), 1);
-        assert_eq!(json_depth(r#"{"a": [1, {"b": [[]]}]}"#), 4);
+        assert_eq!(json_depth(r#"{"a": [1, {"b": [[]]}]}"#), 5);
         assert_eq!(json_depth(r#"{"s": "[[[{{{", "t": "\\\"[["}"#), 1);
         assert_eq!(json_depth(r#"{"a": {}, "b": {"c": {}}}"#), 3);
         let deep = format!("{{\"a\": {}1{}}}", "[".repeat(70), "]".repeat(70));
