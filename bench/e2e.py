@@ -35,6 +35,8 @@ here = os.path.dirname(os.path.abspath(__file__))
 LUA = os.path.join(here, "wrk", "post.lua")
 # Compiled plugins, kept between runs ($E2E_PLUGIN_CACHE).
 CACHE = os.environ.get("E2E_PLUGIN_CACHE") or tempfile.mkdtemp(prefix="e2e-cache-")
+# worker.in_flight of every server started here ($BENCH_IN_FLIGHT, default 64).
+IN_FLIGHT = int(os.environ.get("BENCH_IN_FLIGHT", "64"))
 
 
 def call(base, method, path, body=None, raw=None, ctype="application/json"):
@@ -163,7 +165,8 @@ class Host:
                     + (f'  shared_dir: "{shared_dir}"\n' if shared_dir else "")
                     + f'plugins:\n  dir: "{plugins}"\n  watch: false\n  font_dirs: []\n'
                     f'  cache_dir: "{CACHE}"\n'
-                    f'queue:\n  backend: {backend}\nworker:\n  concurrency: {concurrency}\n')
+                    f'queue:\n  backend: {backend}\nworker:\n  concurrency: {concurrency}\n'
+                    f'  in_flight: {IN_FLIGHT}\n')
             if name_server:
                 f.write(f'rocketmq:\n  enabled: true\n  name_server: "{name_server}"\n{rocketmq_extra}')
         self.log = open(os.path.join(work, "host.log"), "w")

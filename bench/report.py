@@ -57,6 +57,23 @@ def pdf(path):
     return rows or {"error": "no PDF figures (see target/bench/pdf.txt)"}
 
 
+def profile(path):
+    """Top entries of `perf report` per profiled path (bench.sh writes them)."""
+    try:
+        text = open(path).read()
+    except OSError as e:
+        return {"error": str(e)}
+    out, name = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            name = line[3:].strip()
+            out[name] = []
+        elif name and re.match(r"^\s*[\d.]+%", line) and len(out[name]) < 8:
+            pct, rest = line.strip().split("%", 1)
+            out[name].append({"percent": float(pct), "symbol": rest.strip()})
+    return out or {"error": "no profile (perf not usable here?)"}
+
+
 def collect(out, n):
     return {
         "tasks": n,
@@ -64,6 +81,8 @@ def collect(out, n):
         "e2e_noop_sync_full": load_json(os.path.join(out, "full.json")),
         "e2e_noop_sync_normal": load_json(os.path.join(out, "normal.json")),
         "e2e_wrk": load_json(os.path.join(out, "e2e.json")),
+        "scaling": load_json(os.path.join(out, "scaling.json")),
+        "profile": profile(os.path.join(out, "profile.txt")),
         "docx": docx(os.path.join(out, "docx.txt")),
         "pdf": pdf(os.path.join(out, "pdf.txt")),
     }
@@ -141,6 +160,25 @@ def table(r):
             f'{e.get("rss_idle_mb")} / {e.get("rss_load_peak_mb")} MB', "idle ≤ 60 MB",
             "RocketMQ " + (qerr or f'{q.get("rss_idle_mb")} / {q.get("rss_load_peak_mb")} MB'),
             verdict(e.get("rss_idle_mb"), 60, False))
+    sc = r.get("scaling", {})
+    if "error" in sc:
+        row("scaling", sc["error"], "", "", "not measured")
+    elif sc:
+        emb, mq = sc.get("embedded", {}), sc.get("rocketmq", {})
+
+        def scale(a, b, key):
+            if not isinstance(a, dict) or not isinstance(b, dict) or not a.get(key) or not b.get(key):
+                return "—"
+            return f'{a[key]} → {b[key]}/s ({b[key] / a[key]:.2f}×)'
+
+        for kind, label in [("docx", "DOCX letter"), ("noop", "no-op")]:
+            key = f"{kind}_tasks_per_s"
+            e_side = (emb.get("error") or
+                      "1 → 2 render threads: " + scale(emb.get("threads_1"), emb.get("threads_2"), key))
+            q_side = (mq.get("error") or
+                      "1 → 2 worker processes (1 thread each): " +
+                      scale(mq.get("processes_1"), mq.get("processes_2"), key))
+            row(f"scaling, {label}, {sc['tasks']} tasks, embedded / RocketMQ", e_side, "", q_side)
     d = r["docx"]
     for key, label, goal in [("letter", "DOCX letter render, in a running server", 1.5),
                              ("invoice", "DOCX 1000-row invoice render, in a running server", 3.5)]:

@@ -37,6 +37,32 @@ else
   echo '{"error": "wrk is not installed (apt-get install -y wrk)"}' > "$out/e2e.json"
 fi
 
+echo "==> scaling: 1 vs 2 render threads (embedded), 1 vs 2 worker processes (RocketMQ)"
+if [ -d "$out/e2e-plugins" ]; then
+  E2E_PLUGIN_CACHE="$out/e2e-cache" python3 bench/scaling.py "$exe" "$out/e2e-plugins" \
+    tests/assets/docx/letter.docx "$out/letter.json" 2000 > "$out/scaling.json" \
+    || echo '{"error": "bench/scaling.py failed"}' > "$out/scaling.json"
+else
+  echo '{"error": "needs the plugins prepared for the wrk step"}' > "$out/scaling.json"
+fi
+
+echo "==> profile (perf, cpu-clock) of the no-op and DOCX-letter drains, embedded"
+rm -f "$out/profile.txt"
+if perf record -q -e cpu-clock -o "$out/perf-probe.data" true >/dev/null 2>&1; then
+  for kind in noop docx; do
+    if [ "$kind" = noop ]; then
+      BENCH_PERF="$out/$kind.perf" python3 bench/throughput.py "$exe" target/test-guests/noop.wasm 5000 full >/dev/null
+    else
+      BENCH_PERF="$out/$kind.perf" BENCH_FORMAT=docx BENCH_TEMPLATE=tests/assets/docx/letter.docx \
+        BENCH_DATA="$out/letter.json" python3 bench/throughput.py "$exe" plugins/dist/docx.wasm 3000 full >/dev/null
+    fi
+    { echo "## $kind"; perf report -i "$out/$kind.perf" --no-children -g none --sort dso,sym -q 2>/dev/null \
+        | grep -v '^$' | head -25; } >> "$out/profile.txt" || true
+  done
+else
+  echo "perf cannot record here" > "$out/profile.txt"
+fi
+
 echo "==> DOCX: in-server render vs docxtpl"
 bash bench/docx/bench.sh 15 > "$out/docx.txt" 2>&1 || echo "docx bench failed" >> "$out/docx.txt"
 
@@ -65,6 +91,12 @@ wrk_version=$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2 || true)
   tail -n 12 "$out/docx.txt"
   echo
   grep -A8 '^PDF render times' "$out/pdf.txt" || tail -n 8 "$out/pdf.txt"
+  echo '```'
+  echo
+  echo "Profile of the server while it drains (perf record -e cpu-clock, self time, top entries):"
+  echo
+  echo '```'
+  cat "$out/profile.txt"
   echo '```'
   # What limits the goals that are missed (kept by hand, next to the bench).
   if [ -f bench/LIMITS.md ]; then echo; cat bench/LIMITS.md; fi

@@ -409,10 +409,12 @@ impl Default for LimitsConfig {
 pub struct WorkerConfig {
     /// Tasks rendered at once by this process; 0 = number of CPUs.
     pub concurrency: usize,
-    /// Deliveries in progress at once on the embedded queue (waiting for
-    /// their commits, their template, a render slot): more than
-    /// `concurrency` so that one fsync commits the state changes of many
-    /// tasks. At least `concurrency` is used.
+    /// Deliveries in progress at once (waiting for their commits, their
+    /// template, a render slot): more than `concurrency` lets one fsync
+    /// commit the state changes of many tasks (embedded queue) and overlaps
+    /// broker round trips (RocketMQ). 0 = `concurrency`. The cost: a
+    /// delivery waiting for a render slot when the process is killed has
+    /// used up an attempt.
     pub in_flight: usize,
     /// CPU priority (nice, 0..=19) of the render threads: above 0 the
     /// API's threads are served first when renders keep every core busy.
@@ -423,7 +425,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             concurrency: 0,
-            in_flight: 64,
+            in_flight: 0,
             render_nice: 10,
         }
     }
@@ -448,6 +450,13 @@ pub struct RocketMqConfig {
     pub consumer_thread_max: u32,
     pub consume_message_batch_max_size: u32,
     pub pull_batch_size: u32,
+    /// Most messages the push consumer holds per queue before it stops
+    /// pulling that queue (RocketMQ `pullThresholdForQueue`): bounds how many
+    /// of one tenant's backlog wait in the process ahead of other tenants.
+    pub pull_threshold_for_queue: u32,
+    /// Send each task to the lane's queue picked by a stable hash of its
+    /// tenant (fair scheduling between tenants); `false`: round-robin.
+    pub queue_by_tenant: bool,
     /// Milliseconds.
     pub pull_interval: u64,
     /// Minutes.
@@ -479,6 +488,8 @@ impl Default for RocketMqConfig {
             consumer_thread_max: 5,
             consume_message_batch_max_size: 1,
             pull_batch_size: 32,
+            pull_threshold_for_queue: 64,
+            queue_by_tenant: true,
             pull_interval: 0,
             consume_timeout: 15,
             max_reconsume_times: 16,
@@ -599,8 +610,8 @@ impl Config {
         if !(0..=19).contains(&self.worker.render_nice) {
             return Err(invalid("worker.render_nice", "must be in 0..=19"));
         }
-        if !(1..=4096).contains(&self.worker.in_flight) {
-            return Err(invalid("worker.in_flight", "must be in 1..=4096"));
+        if self.worker.in_flight > 4096 {
+            return Err(invalid("worker.in_flight", "must be in 0..=4096"));
         }
         if l.max_queued_tasks == 0 {
             return Err(invalid("limits.max_queued_tasks", "must be > 0"));
@@ -652,6 +663,12 @@ impl Config {
         if r.pull_batch_size == 0 {
             return Err(invalid("rocketmq.pull_batch_size", "must be > 0"));
         }
+        if !(1..=65535).contains(&r.pull_threshold_for_queue) {
+            return Err(invalid(
+                "rocketmq.pull_threshold_for_queue",
+                "must be in 1..=65535",
+            ));
+        }
         if r.consume_timeout == 0 {
             return Err(invalid("rocketmq.consume_timeout", "must be > 0 (minutes)"));
         }
@@ -682,7 +699,7 @@ impl Config {
     }
 
     /// Deliveries in progress at once (`worker.in_flight`, at least the
-    /// render concurrency).
+    /// render concurrency; 0 = the render concurrency).
     pub fn worker_in_flight(&self) -> usize {
         self.worker.in_flight.max(self.worker_concurrency())
     }
