@@ -354,6 +354,12 @@ impl PluginHost {
         let spawned = std::thread::Builder::new()
             .name("plugin-prepare".into())
             .spawn(move || {
+                // Below the render threads (`worker.render_nice`): preparing
+                // is background work.
+                let me = rustix::thread::gettid();
+                if let Err(e) = rustix::process::setpriority_process(Some(me), 19) {
+                    tracing::warn!(error = %e, "cannot lower the plugin preparer's priority");
+                }
                 loop {
                     std::thread::sleep(WATCH_INTERVAL);
                     let Some(host) = preparer.upgrade() else {

@@ -74,6 +74,16 @@ pub fn snapshot(
     if let Ok(cached) = std::fs::read(&path) {
         return Ok(cached);
     }
+    // One process at a time makes a given snapshot (several servers sharing
+    // a cache directory, e.g. the test suite): the others wait here, without
+    // CPU, and then read it.
+    let _ = std::fs::create_dir_all(cache_dir);
+    let lock = std::fs::File::create(path.with_extension("lock"))
+        .and_then(|f| f.lock().map(|()| f))
+        .ok();
+    if let Ok(cached) = std::fs::read(&path) {
+        return Ok(cached);
+    }
     let started = std::time::Instant::now();
     let wizer = Wizer::new();
     let (cx, instrumented) = wizer
@@ -119,6 +129,7 @@ pub fn snapshot(
         bytes = snapshot.len(),
         "plugin prepared (snapshot taken)"
     );
+    drop(lock);
     Ok(snapshot)
 }
 
