@@ -312,6 +312,10 @@ impl RocketMqConsumer {
             .consume_thread_max(threads_max)
             .consume_message_batch_max_size(cfg.consume_message_batch_max_size)
             .pull_batch_size(cfg.pull_batch_size)
+            // Fairness: only this many of a queue's messages wait in the
+            // process, so a tenant's flood (one queue, see the producer)
+            // does not fill the client's FIFO consume pool ahead of others.
+            .pull_threshold_for_queue(cfg.pull_threshold_for_queue)
             .pull_interval(cfg.pull_interval)
             .consume_timeout(cfg.consume_timeout)
             .max_reconsume_times(cfg.max_reconsume_times.min(i32::MAX as u32) as i32)

@@ -12,14 +12,25 @@
 //! [`QueueError::TooLarge`] (HTTP 413) before anything is sent: data is never
 //! truncated. A send counts as accepted only when the broker answered
 //! `SEND_OK` (with a `SYNC_FLUSH` broker that means it is on disk).
+//!
+//! **Fairness** (`rocketmq.queue_by_tenant`, default on): every task goes to
+//! the queue of its lane's topic picked by a stable hash of its tenant
+//! ([`tenant_queue`]), so one tenant's flood fills one queue and the push
+//! consumer, which pulls each queue on its own and holds at most
+//! `pull_threshold_for_queue` messages of a queue, keeps serving the other
+//! tenants' queues. Tenants whose hashes collide share a queue's FIFO order.
+//! Deferred sends (`send_deferred`) keep the tenant's queue; a delayed
+//! message comes back to the queue it was sent to.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rocketmq_client_rust::{ClientError, DefaultMQProducer, SendResult};
 use rocketmq_model::common::message::MessageTrait;
 use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_model::result::SendStatus;
 
@@ -35,6 +46,27 @@ const BATCH_MAX_MESSAGES: usize = 32;
 const BATCH_OVERHEAD: usize = 512;
 /// Longest dead-letter reason kept in a message property.
 const MAX_REASON_BYTES: usize = 4000;
+/// How long a topic's queue list is reused before it is fetched again
+/// (also dropped after a failed send).
+const QUEUES_TTL: Duration = Duration::from_secs(30);
+
+/// The queue of `queues` for `tenant`: a stable hash (FNV-1a, the same in
+/// every process and release) over the queues ordered by broker and id.
+pub fn tenant_queue(queues: &[MessageQueue], tenant: &str) -> Option<MessageQueue> {
+    if queues.is_empty() {
+        return None;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tenant.as_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut sorted: Vec<&MessageQueue> = queues.iter().collect();
+    sorted.sort_by(|a, b| {
+        (a.broker_name().as_str(), a.queue_id()).cmp(&(b.broker_name().as_str(), b.queue_id()))
+    });
+    Some(sorted[(hash % sorted.len() as u64) as usize].clone())
+}
 
 pub struct RocketMqProducer {
     producer: tokio::sync::RwLock<Option<Arc<DefaultMQProducer>>>,
@@ -49,6 +81,10 @@ pub struct RocketMqProducer {
     failed: Arc<tokio::sync::Notify>,
     /// Producer clients started so far.
     generation: AtomicU64,
+    /// `rocketmq.queue_by_tenant`.
+    by_tenant: bool,
+    /// Topic → (fetched at, its writable queues), for [`tenant_queue`].
+    queues: std::sync::Mutex<HashMap<String, (Instant, Vec<MessageQueue>)>>,
 }
 
 impl RocketMqProducer {
@@ -59,6 +95,7 @@ impl RocketMqProducer {
     ) -> Result<RocketMqProducer, QueueError> {
         let producer = Self::start_client(&conn, 0).await?;
         let cfg = &conn.config;
+        let by_tenant = cfg.queue_by_tenant;
         Ok(RocketMqProducer {
             producer: tokio::sync::RwLock::new(Some(Arc::new(producer))),
             topic: conn.names.topic.clone(),
@@ -70,6 +107,8 @@ impl RocketMqProducer {
             conn,
             failed,
             generation: AtomicU64::new(0),
+            by_tenant,
+            queues: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -129,6 +168,52 @@ impl RocketMqProducer {
             .ok_or_else(|| QueueError::Unavailable("the RocketMQ producer is stopped".into()))
     }
 
+    /// The queue for a task of `tenant` on `topic`, or `None` (round-robin
+    /// by the client) when `queue_by_tenant` is off.
+    async fn queue_for(
+        &self,
+        producer: &Arc<DefaultMQProducer>,
+        topic: &str,
+        tenant: &str,
+    ) -> Result<Option<MessageQueue>, QueueError> {
+        if !self.by_tenant {
+            return Ok(None);
+        }
+        let cached = self
+            .queues
+            .lock()
+            .expect("queue cache")
+            .get(topic)
+            .filter(|(at, _)| at.elapsed() < QUEUES_TTL)
+            .map(|(_, q)| q.clone());
+        let queues = match cached {
+            Some(q) => q,
+            None => {
+                let mut client = (**producer).clone();
+                let name = topic.to_string();
+                let fetched = ClientEnv::get()?
+                    .run(async move { client.fetch_publish_message_queues(&name).await })
+                    .await?
+                    .map_err(|e| {
+                        QueueError::Unavailable(format!("RocketMQ queues of {topic}: {e}"))
+                    })?;
+                self.queues
+                    .lock()
+                    .expect("queue cache")
+                    .insert(topic.to_string(), (Instant::now(), fetched.clone()));
+                fetched
+            }
+        };
+        Ok(tenant_queue(&queues, tenant))
+    }
+
+    /// Forget the queue lists after a failed send (the route may have changed).
+    fn forget_queues(&self, result: &Result<(), QueueError>) {
+        if result.is_err() {
+            self.queues.lock().expect("queue cache").clear();
+        }
+    }
+
     fn topic_for(&self, m: &TaskMessage) -> &str {
         match Lane::of(m.priority) {
             Lane::Normal => &self.topic,
@@ -158,41 +243,76 @@ impl RocketMqProducer {
     pub async fn send_export_task(&self, m: &TaskMessage) -> Result<(), QueueError> {
         let msg = self.message(m)?;
         let producer = self.handle().await?;
+        let mq = self
+            .queue_for(&producer, self.topic_for(m), m.tenant.as_str())
+            .await?;
         let timeout = self.send_timeout;
         let started = Instant::now();
         let result = ClientEnv::get()?
-            .run(async move { producer.send_with_timeout(msg, timeout).await })
+            .run(async move {
+                match mq {
+                    Some(mq) => producer.send_to_queue_with_timeout(msg, mq, timeout).await,
+                    None => producer.send_with_timeout(msg, timeout).await,
+                }
+            })
             .await?;
-        self.record(1, started, check_sent(result))
+        let result = check_sent(result);
+        self.forget_queues(&result);
+        self.record(1, started, result)
     }
 
     /// Send many tasks: validated first (all or nothing for size), then
-    /// grouped by lane and sent as RocketMQ batches.
+    /// grouped by lane (and tenant, for the tenant's queue) and sent as
+    /// RocketMQ batches.
     pub async fn send_batch_export_tasks(&self, batch: &[TaskMessage]) -> Result<(), QueueError> {
-        let mut lanes: [Vec<(usize, Message)>; 2] = [Vec::new(), Vec::new()];
+        let mut groups: BTreeMap<(usize, &str), Vec<(usize, Message)>> = BTreeMap::new();
         for m in batch {
             let msg = self.message(m)?;
             let size = msg.get_body().map(|b| b.len()).unwrap_or(0) + BATCH_OVERHEAD;
-            lanes[Lane::of(m.priority) as usize].push((size, msg));
+            let tenant = if self.by_tenant {
+                m.tenant.as_str()
+            } else {
+                ""
+            };
+            groups
+                .entry((Lane::of(m.priority) as usize, tenant))
+                .or_default()
+                .push((size, msg));
         }
         let producer = self.handle().await?;
-        for lane in lanes {
-            let mut chunk: Vec<Message> = Vec::new();
-            let mut bytes = 0usize;
-            for (size, msg) in lane {
-                if !chunk.is_empty()
-                    && (chunk.len() >= BATCH_MAX_MESSAGES || bytes + size > self.max_message_size)
-                {
-                    self.send_chunk(&producer, std::mem::take(&mut chunk))
-                        .await?;
-                    bytes = 0;
-                }
-                bytes += size;
-                chunk.push(msg);
+        for ((lane, tenant), group) in groups {
+            let topic = if lane == Lane::High as usize {
+                &self.high_topic
+            } else {
+                &self.topic
+            };
+            let mq = self.queue_for(&producer, topic, tenant).await?;
+            self.send_group(&producer, group, mq).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_group(
+        &self,
+        producer: &Arc<DefaultMQProducer>,
+        lane: Vec<(usize, Message)>,
+        mq: Option<MessageQueue>,
+    ) -> Result<(), QueueError> {
+        let mut chunk: Vec<Message> = Vec::new();
+        let mut bytes = 0usize;
+        for (size, msg) in lane {
+            if !chunk.is_empty()
+                && (chunk.len() >= BATCH_MAX_MESSAGES || bytes + size > self.max_message_size)
+            {
+                self.send_chunk(producer, std::mem::take(&mut chunk), mq.clone())
+                    .await?;
+                bytes = 0;
             }
-            if !chunk.is_empty() {
-                self.send_chunk(&producer, chunk).await?;
-            }
+            bytes += size;
+            chunk.push(msg);
+        }
+        if !chunk.is_empty() {
+            self.send_chunk(producer, chunk, mq).await?;
         }
         Ok(())
     }
@@ -201,6 +321,7 @@ impl RocketMqProducer {
         &self,
         producer: &Arc<DefaultMQProducer>,
         chunk: Vec<Message>,
+        mq: Option<MessageQueue>,
     ) -> Result<(), QueueError> {
         let n = chunk.len();
         let producer = producer.clone();
@@ -210,17 +331,30 @@ impl RocketMqProducer {
             .run(async move {
                 if chunk.len() == 1 {
                     let msg = chunk.into_iter().next().expect("one message");
-                    match producer.send_with_timeout(msg, timeout).await {
+                    let sent = match mq {
+                        Some(mq) => producer.send_to_queue_with_timeout(msg, mq, timeout).await,
+                        None => producer.send_with_timeout(msg, timeout).await,
+                    };
+                    match sent {
                         Ok(Some(r)) => Ok(r),
                         Ok(None) => Err(ClientError::illegal_argument("send returned no result")),
                         Err(e) => Err(e),
                     }
                 } else {
-                    producer.send_batch_with_timeout(chunk, timeout).await
+                    match mq {
+                        Some(mq) => {
+                            producer
+                                .send_batch_to_queue_with_timeout(chunk, mq, timeout)
+                                .await
+                        }
+                        None => producer.send_batch_with_timeout(chunk, timeout).await,
+                    }
                 }
             })
             .await?;
-        self.record(n, started, check(result))
+        let result = check(result);
+        self.forget_queues(&result);
+        self.record(n, started, result)
     }
 
     /// Send one task without waiting; `done` gets the outcome.
@@ -231,6 +365,9 @@ impl RocketMqProducer {
     ) -> Result<(), QueueError> {
         let msg = self.message(m)?;
         let producer = self.handle().await?;
+        let mq = self
+            .queue_for(&producer, self.topic_for(m), m.tenant.as_str())
+            .await?;
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let callback = move |r: Option<&SendResult>, e: Option<&ClientError>| {
@@ -245,7 +382,16 @@ impl RocketMqProducer {
             done(outcome);
         };
         ClientEnv::get()?
-            .run(async move { producer.send_with_callback(msg, callback).await })
+            .run(async move {
+                match mq {
+                    Some(mq) => {
+                        producer
+                            .send_to_queue_with_callback(msg, mq, callback)
+                            .await
+                    }
+                    None => producer.send_with_callback(msg, callback).await,
+                }
+            })
             .await?
             .map_err(|e| QueueError::Unavailable(format!("RocketMQ send failed: {e}")))
     }
@@ -296,11 +442,21 @@ impl RocketMqProducer {
             base.to_string().into(),
         );
         let producer = self.handle().await?;
+        let mq = self
+            .queue_for(&producer, self.topic_for(&task), task.tenant.as_str())
+            .await?;
         let timeout = self.send_timeout;
         let result = ClientEnv::get()?
-            .run(async move { producer.send_with_timeout(msg, timeout).await })
+            .run(async move {
+                match mq {
+                    Some(mq) => producer.send_to_queue_with_timeout(msg, mq, timeout).await,
+                    None => producer.send_with_timeout(msg, timeout).await,
+                }
+            })
             .await?;
-        check_sent(result)
+        let result = check_sent(result);
+        self.forget_queues(&result);
+        result
     }
 
     /// Record that the dead letter of `task_id` in `round` was replayed
