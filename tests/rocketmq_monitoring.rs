@@ -272,7 +272,7 @@ async fn lag_grows_without_a_consumer_and_drains_after_restart() {
             &topic,
             &group,
             &format!(
-                "server:\n  role: {role}\n  instance_id: lag-{role}\nstorage:\n  shared_dir: \"{}\"\nworker:\n  concurrency: 4\n",
+                "  queue_by_tenant: false\nserver:\n  role: {role}\n  instance_id: lag-{role}\nstorage:\n  shared_dir: \"{}\"\nworker:\n  concurrency: 4\n",
                 shared.path().display()
             ),
         )
@@ -302,8 +302,9 @@ async fn lag_grows_without_a_consumer_and_drains_after_restart() {
     wait_lag(&api, "0 after the warm-up", |l| l == 0).await;
 
     // No consumer: every accepted task adds to the lag, and it stays.
-    // One task per request: the producer spreads single messages over the
-    // 4 queues (a batch goes to one queue).
+    // One task per request, round-robin (`queue_by_tenant: false`; by
+    // default all of one tenant's tasks go to one queue): the producer
+    // spreads single messages over the 4 queues (a batch goes to one queue).
     tokio::task::block_in_place(|| terminate(&mut worker));
     let mut ids = Vec::new();
     for n in 0..40 {
