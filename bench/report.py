@@ -123,7 +123,8 @@ def table(r):
             f'{s["sandbox_on_demand_p50_us"]:.1f} µs', verdict(s["sandbox_pooling_p50_us"], 20, False))
     f, nm = r["e2e_noop_sync_full"], r["e2e_noop_sync_normal"]
     if "error" not in f and "error" not in nm:
-        row(f"no-op tasks/s, {f['tasks']} submitted in batches of 1000, embedded sync=full",
+        row(f"no-op tasks/s, {f['tasks']} submitted in batches of 1000, embedded sync=full, "
+            f"worker.in_flight {f.get('in_flight', '?')}",
             f'{f["e2e_tasks_per_s"]}', "≥ 5,000", f'sync=normal {nm["e2e_tasks_per_s"]}/s '
             f'(full/normal = {f["e2e_tasks_per_s"] / nm["e2e_tasks_per_s"]:.2f}); batch of 1000 accepted in '
             f'{f["submit_batch1000_p50_ms"]} ms p50', verdict(f["e2e_tasks_per_s"], 5000, True))
