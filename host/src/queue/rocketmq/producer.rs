@@ -589,3 +589,43 @@ fn check(result: Result<SendResult, ClientError>) -> Result<(), QueueError> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues(order: &[i32]) -> Vec<MessageQueue> {
+        order
+            .iter()
+            .map(|id| MessageQueue::from_parts("t", "broker-a", *id))
+            .collect()
+    }
+
+    #[test]
+    fn a_tenant_always_gets_the_same_queue_whatever_the_route_order() {
+        let a = queues(&[0, 1, 2, 3]);
+        let b = queues(&[3, 1, 0, 2]);
+        for tenant in ["flood", "single", "acme", "globex", "default"] {
+            let qa = tenant_queue(&a, tenant).expect("queue").queue_id();
+            let qb = tenant_queue(&b, tenant).expect("queue").queue_id();
+            assert_eq!(qa, qb, "{tenant}");
+        }
+        // The pair of the fairness test in tests/tenants.rs: apart.
+        assert_ne!(
+            tenant_queue(&a, "flood").expect("queue").queue_id(),
+            tenant_queue(&a, "single").expect("queue").queue_id()
+        );
+        assert!(tenant_queue(&[], "flood").is_none());
+    }
+
+    #[test]
+    fn tenants_spread_over_every_queue() {
+        let a = queues(&[0, 1, 2, 3]);
+        let mut hits = [0u32; 4];
+        for i in 0..400 {
+            let q = tenant_queue(&a, &format!("tenant-{i}")).expect("queue");
+            hits[q.queue_id() as usize] += 1;
+        }
+        assert!(hits.iter().all(|h| (60..=140).contains(h)), "{hits:?}");
+    }
+}
