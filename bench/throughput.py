@@ -6,7 +6,9 @@ batches of 1000 over HTTP, and measures: submit rate, time to drain the
 queue (every task succeeded), tasks/s end to end, and the server's RSS.
 Usage: throughput.py EXPORT_HOST NOOP_WASM N [sync] [worker concurrency, 0 = CPUs] [in_flight]
 With $BENCH_PERF=FILE the server is profiled while it drains (perf record,
-cpu-clock, call graphs) into FILE.
+cpu-clock, call graphs) into FILE. Another format: $BENCH_FORMAT (e.g. docx)
+with the plugin as NOOP_WASM, $BENCH_TEMPLATE (a template file) and
+$BENCH_DATA (a JSON file, the data of every task).
 Prints one JSON object."""
 import json, os, subprocess, sys, tempfile, time, urllib.request
 
@@ -16,7 +18,13 @@ concurrency = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 in_flight = int(sys.argv[6]) if len(sys.argv) > 6 else 64
 work = tempfile.mkdtemp()
 os.makedirs(f"{work}/plugins")
-subprocess.run(["cp", noop, f"{work}/plugins/noop.wasm"], check=True)
+fmt = os.environ.get("BENCH_FORMAT", "noop")
+template = os.environ.get("BENCH_TEMPLATE")
+data = None
+if os.environ.get("BENCH_DATA"):
+    with open(os.environ["BENCH_DATA"]) as f:
+        data = json.load(f)
+subprocess.run(["cp", noop, f"{work}/plugins/{fmt}.wasm"], check=True)
 with open(f"{work}/config.yaml", "w") as f:
     f.write(f'server:\n  listen: "127.0.0.1:0"\nstorage:\n  data_dir: "{work}/data"\n'
             f'plugins:\n  dir: "{work}/plugins"\n  watch: false\n  font_dirs: []\n'
@@ -39,7 +47,9 @@ def rss_mb():
                 return int(line.split()[1]) / 1024
 
 try:
-    req = urllib.request.Request(base + "/api/v1/templates/t/t.noop", data=b"x", method="PUT")
+    name, body = ("t.noop", b"x") if not template else (os.path.basename(template), open(template, "rb").read())
+    req = urllib.request.Request(base + f"/api/v1/templates/t/{name}", data=body, method="PUT",
+                                 headers={"content-type": "application/octet-stream"})
     urllib.request.urlopen(req).read()
     idle_rss = rss_mb()
     perf = None
@@ -52,8 +62,8 @@ try:
     batch_ms = []
     for i in range(0, n, 1000):
         t = time.perf_counter()
-        call("POST", "/api/v1/export/batch", {"template_id": "t", "output_format": "noop",
-                                               "data_list": [{"i": j} for j in range(i, min(n, i + 1000))]})
+        call("POST", "/api/v1/export/batch", {"template_id": "t", "output_format": fmt,
+                                               "data_list": [data or {"i": j} for j in range(i, min(n, i + 1000))]})
         batch_ms.append((time.perf_counter() - t) * 1000)
     submitted = time.perf_counter()
     peak = rss_mb()
@@ -70,7 +80,7 @@ try:
     m = call("GET", "/api/v1/queue/metrics")["data"]
     batch_ms.sort()
     print(json.dumps({
-        "tasks": n, "sync": sync, "concurrency": concurrency, "in_flight": in_flight,
+        "tasks": n, "format": fmt, "sync": sync, "concurrency": concurrency, "in_flight": in_flight,
         "submit_tasks_per_s": round(n / (submitted - start)),
         "submit_batch1000_p50_ms": round(batch_ms[len(batch_ms) // 2], 1),
         "drain_s": round(done - start, 2),
