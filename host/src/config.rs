@@ -456,7 +456,10 @@ pub struct RocketMqConfig {
     pub pull_threshold_for_queue: u32,
     /// Send each task to the lane's queue picked by a stable hash of its
     /// tenant (fair scheduling between tenants); `false`: round-robin.
-    pub queue_by_tenant: bool,
+    /// Unset (`null`): on with `auth.mode: keys`, off with `none` (a single
+    /// tenant gains nothing from it and would be held to one queue, so to
+    /// one worker process); [`Config::parse`] fills it in.
+    pub queue_by_tenant: Option<bool>,
     /// Milliseconds.
     pub pull_interval: u64,
     /// Minutes.
@@ -489,7 +492,7 @@ impl Default for RocketMqConfig {
             consume_message_batch_max_size: 1,
             pull_batch_size: 32,
             pull_threshold_for_queue: 64,
-            queue_by_tenant: true,
+            queue_by_tenant: None,
             pull_interval: 0,
             consume_timeout: 15,
             max_reconsume_times: 16,
@@ -513,10 +516,14 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        config
+            .rocketmq
+            .queue_by_tenant
+            .get_or_insert(config.auth.mode == AuthMode::Keys);
         config.validate()?;
         Ok(config)
     }
@@ -767,6 +774,19 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.yaml");
         let c = Config::load(&path).expect("config/dev.yaml is valid");
         assert_eq!(c.rocketmq.topic, "export_tasks");
+    }
+
+    #[test]
+    fn queue_by_tenant_follows_the_auth_mode_unless_set() {
+        let c = parse("{}").expect("valid");
+        assert_eq!(c.rocketmq.queue_by_tenant, Some(false), "one tenant");
+        let keys = "auth:\n  mode: keys\n";
+        let c = parse(keys).expect("valid");
+        assert_eq!(c.rocketmq.queue_by_tenant, Some(true), "tenants");
+        let c = parse(&format!("{keys}rocketmq:\n  queue_by_tenant: false\n")).expect("valid");
+        assert_eq!(c.rocketmq.queue_by_tenant, Some(false), "set explicitly");
+        let c = parse("rocketmq:\n  queue_by_tenant: true\n").expect("valid");
+        assert_eq!(c.rocketmq.queue_by_tenant, Some(true), "set explicitly");
     }
 
     #[test]

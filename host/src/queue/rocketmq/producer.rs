@@ -13,7 +13,8 @@
 //! truncated. A send counts as accepted only when the broker answered
 //! `SEND_OK` (with a `SYNC_FLUSH` broker that means it is on disk).
 //!
-//! **Fairness** (`rocketmq.queue_by_tenant`, default on): every task goes to
+//! **Fairness** (`rocketmq.queue_by_tenant`, on by default with API keys,
+//! i.e. when there are tenants to be fair between): every task goes to
 //! the queue of its lane's topic picked by a stable hash of its tenant
 //! ([`tenant_queue`]), so one tenant's flood fills one queue and the push
 //! consumer, which pulls each queue on its own and holds at most
@@ -95,7 +96,8 @@ impl RocketMqProducer {
     ) -> Result<RocketMqProducer, QueueError> {
         let producer = Self::start_client(&conn, 0).await?;
         let cfg = &conn.config;
-        let by_tenant = cfg.queue_by_tenant;
+        // Unset only in configs not read by `Config::parse` (auth `none`).
+        let by_tenant = cfg.queue_by_tenant.unwrap_or(false);
         Ok(RocketMqProducer {
             producer: tokio::sync::RwLock::new(Some(Arc::new(producer))),
             topic: conn.names.topic.clone(),
