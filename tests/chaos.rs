@@ -418,6 +418,31 @@ fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
+/// Every log line that names a task the check found lost or unexpected
+/// (at most 200), so a failing run shows what happened to them.
+fn lines_about(report: &Report, logs: &[(&str, String)]) -> String {
+    let ids: Vec<&str> = report
+        .lost
+        .iter()
+        .chain(&report.unexpected)
+        .filter_map(|entry| entry.split_whitespace().next())
+        .collect();
+    if ids.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("--- lines naming those tasks ---\n");
+    let mut n = 0;
+    for (name, text) in logs {
+        for line in text.lines().filter(|l| ids.iter().any(|id| l.contains(id))) {
+            if n < 200 {
+                out.push_str(&format!("[{name}] {line}\n"));
+            }
+            n += 1;
+        }
+    }
+    out
+}
+
 /// Renders so far by the process (the render-duration histogram's count).
 async fn renders(http: &reqwest::Client, base: &str) -> Option<u64> {
     let text = http
@@ -851,7 +876,14 @@ async fn embedded_backend_survives_kill9() {
         "only {} accepted",
         report.accepted
     );
-    report.assert_ok(|| tail(&proc.all_logs()));
+    report.assert_ok(|| {
+        let all = proc.all_logs();
+        format!(
+            "{}\n{}",
+            lines_about(&report, &[("host", all.clone())]),
+            tail(&all)
+        )
+    });
 }
 
 // ---------------------------------------------------------------- rocketmq
@@ -1021,8 +1053,13 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
         report.accepted
     );
     report.assert_ok(|| {
+        let mut named = vec![("api", api.all_logs())];
+        for (i, w) in workers.iter().enumerate() {
+            named.push((["worker-1", "worker-2", "worker-n"][i.min(2)], w.all_logs()));
+        }
         format!(
-            "--- api ---\n{}\n--- workers ---\n{}\n--- broker ---\n{}",
+            "{}--- api ---\n{}\n--- workers ---\n{}\n--- broker ---\n{}",
+            lines_about(&report, &named),
             tail(&api.all_logs()),
             workers
                 .iter()
