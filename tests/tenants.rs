@@ -530,35 +530,12 @@ async fn flood(s: &TestServer, key: &str, template: &str, n: usize) -> Vec<Strin
 /// polling; 2 s leaves room for a loaded machine.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flooding_tenant_does_not_delay_another_tenants_task() {
-    const FLOOD: &str = "flood-secret-key";
-    const SINGLE: &str = "single-secret-key";
     let s = TestServer::start(
         &["chaos"],
-        &format!(
-            "auth:\n  mode: keys\n  tenants:\n    - id: flood\n      keys: [\"{}\"]\n    - id: single\n      keys: [\"{}\"]\nworker:\n  concurrency: 2\n",
-            hash_key(FLOOD),
-            hash_key(SINGLE)
-        ),
+        &format!("{}worker:\n  concurrency: 2\n", flood_auth_yaml()),
     )
     .await;
-    put_template(&s, FLOOD, "spin", "spin.chaos", "spin:2").await;
-    put_template(&s, SINGLE, "ok", "ok.chaos", "ok").await;
-    let flooded = flood(&s, FLOOD, "spin", 10_000).await;
-    assert_eq!(flooded.len(), 10_000);
-
-    let started = Instant::now();
-    let (st, _, b) = submit(
-        &s,
-        SINGLE,
-        &json!({ "template_id": "ok", "output_format": "chaos", "data": {} }),
-        &[],
-    )
-    .await;
-    assert_eq!(st, 202, "{b}");
-    let id = b["data"]["task_id"].as_str().expect("id").to_string();
-    let t = wait_final(&s, SINGLE, &id).await;
-    let took = started.elapsed();
-    assert_eq!(t["status"], "succeeded", "{t}");
+    let took = single_task_behind_a_flood(&s).await;
     let (_, q) = s.get_json("/api/v1/queue/status").await;
     let backlog = q["data"]["metrics"]["total_lag"].as_u64().expect("lag");
     eprintln!("single task done in {took:?} with {backlog} flood tasks still queued");
@@ -570,6 +547,41 @@ async fn a_flooding_tenant_does_not_delay_another_tenants_task() {
         took < Duration::from_secs(2),
         "the single task took {took:?} behind a backlog of {backlog}"
     );
+}
+
+const FLOOD: &str = "flood-secret-key";
+const SINGLE: &str = "single-secret-key";
+
+/// Tenants `flood` and `single` with their keys.
+fn flood_auth_yaml() -> String {
+    format!(
+        "auth:\n  mode: keys\n  tenants:\n    - id: flood\n      keys: [\"{}\"]\n    - id: single\n      keys: [\"{}\"]\n",
+        hash_key(FLOOD),
+        hash_key(SINGLE)
+    )
+}
+
+/// Tenant `flood` queues 10,000 `spin:2` tasks, then tenant `single`
+/// submits one `ok` task: how long that one took to succeed.
+async fn single_task_behind_a_flood(s: &TestServer) -> Duration {
+    put_template(s, FLOOD, "spin", "spin.chaos", "spin:2").await;
+    put_template(s, SINGLE, "ok", "ok.chaos", "ok").await;
+    let flooded = flood(s, FLOOD, "spin", 10_000).await;
+    assert_eq!(flooded.len(), 10_000);
+    let started = Instant::now();
+    let (st, _, b) = submit(
+        s,
+        SINGLE,
+        &json!({ "template_id": "ok", "output_format": "chaos", "data": {} }),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+    let id = b["data"]["task_id"].as_str().expect("id").to_string();
+    let t = wait_final(s, SINGLE, &id).await;
+    let took = started.elapsed();
+    assert_eq!(t["status"], "succeeded", "{t}");
+    took
 }
 
 /// Fair scheduling on RocketMQ (real broker): the same flood as
@@ -585,8 +597,6 @@ async fn a_flooding_tenant_does_not_delay_another_tenants_task() {
 /// buffered per queue) it took 16.7 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flooding_tenant_does_not_delay_another_tenants_task_on_rocketmq() {
-    const FLOOD: &str = "flood-secret-key";
-    const SINGLE: &str = "single-secret-key";
     let broker = tokio::task::spawn_blocking(broker::Broker::shared)
         .await
         .expect("broker");
@@ -594,31 +604,13 @@ async fn a_flooding_tenant_does_not_delay_another_tenants_task_on_rocketmq() {
     let s = TestServer::start(
         &["chaos"],
         &format!(
-            "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\nauth:\n  mode: keys\n  tenants:\n    - id: flood\n      keys: [\"{}\"]\n    - id: single\n      keys: [\"{}\"]\nworker:\n  concurrency: 2\n",
+            "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n{}worker:\n  concurrency: 2\n",
             broker.name_server,
-            hash_key(FLOOD),
-            hash_key(SINGLE)
+            flood_auth_yaml()
         ),
     )
     .await;
-    put_template(&s, FLOOD, "spin", "spin.chaos", "spin:2").await;
-    put_template(&s, SINGLE, "ok", "ok.chaos", "ok").await;
-    let flooded = flood(&s, FLOOD, "spin", 10_000).await;
-    assert_eq!(flooded.len(), 10_000);
-
-    let started = Instant::now();
-    let (st, _, b) = submit(
-        &s,
-        SINGLE,
-        &json!({ "template_id": "ok", "output_format": "chaos", "data": {} }),
-        &[],
-    )
-    .await;
-    assert_eq!(st, 202, "{b}");
-    let id = b["data"]["task_id"].as_str().expect("id").to_string();
-    let t = wait_final(&s, SINGLE, &id).await;
-    let took = started.elapsed();
-    assert_eq!(t["status"], "succeeded", "{t}");
+    let took = single_task_behind_a_flood(&s).await;
     // The broker's lag counts from committed offsets (committed every few
     // seconds), so the backlog is counted from the tasks finished instead.
     let text = s
