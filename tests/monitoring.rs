@@ -84,15 +84,7 @@ async fn counts_and_error_rates_match_a_known_load() {
     assert_eq!(d["by_format"]["chaos"]["consumed"], 200);
     assert_eq!(d["by_plugin"]["chaos"]["errors"], 20);
 
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = s.metrics_text().await;
     let metric = |line_start: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(line_start))
@@ -168,12 +160,6 @@ fn alert_rules_pass_promtool() {
     assert!(text.contains("SUCCESS: 5 rules found"), "{text}");
 }
 
-async fn scrape(s: &TestServer) -> String {
-    let r = s.http.get(s.url("/metrics")).send().await.expect("metrics");
-    assert_eq!(r.status(), 200);
-    r.text().await.expect("text")
-}
-
 /// The value of the sample whose line starts with `line_start`.
 fn sample(text: &str, line_start: &str) -> Option<f64> {
     text.lines()
@@ -201,7 +187,7 @@ async fn sandbox_memory_high_water_mark() {
         s.wait_final(&id, Duration::from_secs(30)).await["status"],
         "succeeded"
     );
-    let text = scrape(&s).await;
+    let text = s.metrics_text().await;
     let small = sample(&text, high).unwrap_or_else(|| panic!("no {high} in:\n{text}"));
     assert!(
         small > 0.0 && small < 20.0 * MIB,
@@ -215,7 +201,7 @@ async fn sandbox_memory_high_water_mark() {
         s.wait_final(&id, Duration::from_secs(30)).await["status"],
         "succeeded"
     );
-    let text = scrape(&s).await;
+    let text = s.metrics_text().await;
     let big = sample(&text, high).expect("high-water mark");
     assert!(
         big >= 20_000_000.0,
@@ -244,7 +230,7 @@ async fn sandbox_memory_high_water_mark() {
     let id = s.submit("alloc", "chaos", json!({})).await;
     let t = s.wait_final(&id, Duration::from_secs(30)).await;
     assert_eq!(t["error"]["class"], "out_of_memory", "{t}");
-    let text = scrape(&s).await;
+    let text = s.metrics_text().await;
     let oom = sample(&text, high).expect("high-water mark");
     assert!(
         oom > 96.0 * MIB && oom <= 128.0 * MIB,
@@ -253,7 +239,7 @@ async fn sandbox_memory_high_water_mark() {
     // A smaller task afterwards does not lower the mark.
     let id = s.submit("small", "chaos", json!({})).await;
     s.wait_final(&id, Duration::from_secs(30)).await;
-    let text = scrape(&s).await;
+    let text = s.metrics_text().await;
     assert_eq!(sample(&text, high), Some(oom), "{text}");
     assert_eq!(sample(&text, count), Some(4.0), "{text}");
 }
@@ -340,7 +326,7 @@ async fn grafana_dashboard_uses_only_exported_metrics() {
     for id in &ids {
         s.wait_final(id, Duration::from_secs(60)).await;
     }
-    let text = scrape(&s).await;
+    let text = s.metrics_text().await;
     let exported: BTreeSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

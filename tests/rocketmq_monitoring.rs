@@ -28,17 +28,6 @@ fn lane_queue_ids() -> BTreeSet<String> {
     set(&["0", "1", "2", "3", "high-0", "high-1", "high-2", "high-3"])
 }
 
-async fn scrape(s: &TestServer) -> String {
-    s.http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn design_document_fields_and_lag_per_queue() {
     let broker = tokio::task::spawn_blocking(Broker::shared)
@@ -126,7 +115,7 @@ async fn design_document_fields_and_lag_per_queue() {
     assert_eq!(keys(&body["data"]), set(&["consumer_consuming"]));
     assert_eq!(body["data"]["consumer_consuming"], true);
 
-    let text = scrape(&s).await;
+    let text = s.metrics_text().await;
     for q in lane_queue_ids() {
         let line = format!("export_consumer_lag{{queue=\"{q}\"}} 0");
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
@@ -195,7 +184,7 @@ async fn connected_follows_the_name_server() {
         body["data"]["details"]["connection_status"], false,
         "{body}"
     );
-    let text = scrape(&s).await;
+    let text = s.metrics_text().await;
     assert!(
         text.lines().any(|l| l == "export_queue_connected 0"),
         "{text}"

@@ -360,15 +360,7 @@ async fn idempotency_key_returns_the_same_task_or_409() {
     assert_eq!(wait_final(&s, ACME, id).await["status"], "succeeded");
 
     // One task was made, not two.
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics_text().await;
     let submitted: f64 = metrics
         .lines()
         .find(|l| l.starts_with("export_tasks_submitted_total") && l.contains("tenant=\"acme\""))
@@ -613,15 +605,7 @@ async fn a_flooding_tenant_does_not_delay_another_tenants_task_on_rocketmq() {
     let took = single_task_behind_a_flood(&s).await;
     // The broker's lag counts from committed offsets (committed every few
     // seconds), so the backlog is counted from the tasks finished instead.
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = s.metrics_text().await;
     let finished: f64 = text
         .lines()
         .filter(|l| l.starts_with("export_tasks_finished_total{") && l.contains("tenant=\"flood\""))

@@ -317,6 +317,18 @@ impl TestServer {
         }
     }
 
+    /// The Prometheus text of `/metrics` (panics unless 200).
+    pub async fn metrics_text(&self) -> String {
+        let r = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(r.status(), 200, "/metrics");
+        r.text().await.expect("text")
+    }
+
     pub async fn result(&self, task_id: &str) -> reqwest::Response {
         self.request(
             reqwest::Method::GET,
