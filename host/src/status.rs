@@ -366,6 +366,14 @@ mod tests {
         )
     }
 
+    /// An empty task store in a temporary directory (kept alive with it).
+    fn fresh_store() -> (tempfile::TempDir, TaskStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+        (dir, store)
+    }
+
     async fn stored(store: &TaskStore) -> crate::store::TaskRecord {
         store
             .get(
@@ -393,9 +401,7 @@ mod tests {
             vec![2, 0, 4, 1, 3, 4, 2, 0, 1, 3],
         ];
         for order in orders {
-            let dir = tempfile::tempdir().unwrap();
-            let store =
-                TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+            let (_dir, store) = fresh_store();
             for i in &order {
                 store.apply(vec![history[*i].clone()]).await.unwrap();
             }
@@ -409,9 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_moves_a_task_back_to_queued_but_never_a_final_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+        let (_dir, store) = fresh_store();
         store
             .apply(vec![
                 event(0, EventKind::Accepted),
@@ -465,9 +469,7 @@ mod tests {
             in_round(1, succeeded(1)),
         ];
         // Step by step: dead -> queued -> running -> succeeded.
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+        let (_dir, store) = fresh_store();
         let mut seen = Vec::new();
         for e in &history {
             store.apply(vec![e.clone()]).await.unwrap();
@@ -502,9 +504,7 @@ mod tests {
             vec![0, 1, 4, 2, 3, 5],
         ];
         for order in orders {
-            let dir = tempfile::tempdir().unwrap();
-            let store =
-                TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+            let (_dir, store) = fresh_store();
             for i in &order {
                 store.apply(vec![history[*i].clone()]).await.unwrap();
             }
@@ -517,9 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn starting_a_replayed_delivery_reopens_a_dead_task() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+        let (_dir, store) = fresh_store();
         store
             .apply(vec![
                 event(0, EventKind::Accepted),
