@@ -31,6 +31,10 @@ struct Recorder {
     seen: Mutex<Vec<(String, u32, i32)>>,
     script: Box<Script>,
     hold: Duration,
+    /// `give_up` calls: (task id, attempt, reason); the first
+    /// `refuse_give_ups` of them answer `Retry` (the end not recorded).
+    give_ups: Mutex<Vec<(String, u32, String)>>,
+    refuse_give_ups: usize,
 }
 
 impl Recorder {
@@ -39,13 +43,32 @@ impl Recorder {
             seen: Mutex::default(),
             script: Box::new(script),
             hold: Duration::ZERO,
+            give_ups: Mutex::default(),
+            refuse_give_ups: 0,
         })
+    }
+    fn refusing_give_ups(
+        refuse: usize,
+        script: impl Fn(&Delivery) -> Disposition + Send + Sync + 'static,
+    ) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            seen: Mutex::default(),
+            script: Box::new(script),
+            hold: Duration::ZERO,
+            give_ups: Mutex::default(),
+            refuse_give_ups: refuse,
+        })
+    }
+    fn give_ups(&self) -> Vec<(String, u32, String)> {
+        self.give_ups.lock().expect("lock").clone()
     }
     fn holding(hold: Duration) -> Arc<Recorder> {
         Arc::new(Recorder {
             seen: Mutex::default(),
             script: Box::new(|_| Disposition::Ack),
             hold,
+            give_ups: Mutex::default(),
+            refuse_give_ups: 0,
         })
     }
     fn seen(&self) -> Vec<(String, u32, i32)> {
@@ -80,6 +103,18 @@ impl TaskHandler for Recorder {
             tokio::time::sleep(self.hold).await;
         }
         (self.script)(&d)
+    }
+
+    async fn give_up(&self, d: Delivery, reason: String) -> Disposition {
+        let mut give_ups = self.give_ups.lock().expect("lock");
+        give_ups.push((d.message.task_id.to_string(), d.attempt, reason.clone()));
+        if give_ups.len() <= self.refuse_give_ups {
+            Disposition::Retry {
+                reason: "cannot record it now".into(),
+            }
+        } else {
+            Disposition::Dead { reason }
+        }
     }
 }
 
@@ -264,6 +299,50 @@ async fn dead_goes_to_the_dead_letter_queue(q: Arc<dyn TaskQueue>) {
     assert_eq!(stats.total_lag(), 0, "{stats:?}");
 }
 
+/// A message whose every attempt asks for a retry is dead-lettered only
+/// after the handler recorded its end (`give_up`); while the handler cannot
+/// record it, the message stays and is delivered again, beyond the limit.
+async fn exhausted_retries_are_recorded_before_the_dead_letter_queue(q: Arc<dyn TaskQueue>) {
+    let m = message(0);
+    let id = m.task_id.to_string();
+    q.publish(vec![m]).await.expect("publish");
+    let h = Recorder::refusing_give_ups(1, |_| Disposition::Retry {
+        reason: "still broken".into(),
+    });
+    q.start_consuming(h.clone(), 2).await.expect("start");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let letter = loop {
+        let dead = q.dead_letters(10).await.expect("dlq");
+        if let Some(d) = dead.into_iter().find(|d| d.task_id == id) {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached the DLQ: deliveries {:?}, give-ups {:?}",
+            h.seen(),
+            h.give_ups()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.stop_consuming().await;
+    let attempts: Vec<u32> = h.seen().iter().map(|s| s.1).collect();
+    let last = MAX_ATTEMPTS + 1;
+    assert_eq!(attempts, (1..=last).collect::<Vec<_>>(), "deliveries");
+    let give_ups: Vec<(u32, bool)> = h
+        .give_ups()
+        .iter()
+        .map(|(task, attempt, reason)| {
+            assert_eq!(task, &id);
+            (*attempt, reason.contains("still broken"))
+        })
+        .collect();
+    // Refused on the last attempt: delivered once more, then recorded.
+    assert_eq!(give_ups, vec![(MAX_ATTEMPTS, true), (last, true)]);
+    assert!(letter.reason.contains("still broken"), "{letter:?}");
+    assert_eq!(q.stats().await.expect("stats").dead, 1);
+}
+
 async fn higher_priority_first(q: Arc<dyn TaskQueue>) {
     let low: Vec<TaskMessage> = (0..5).map(|_| message(1)).collect();
     let high: Vec<TaskMessage> = (0..5).map(|_| message(8)).collect();
@@ -394,6 +473,11 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread")]
             async fn dead_goes_to_the_dead_letter_queue() {
                 super::dead_goes_to_the_dead_letter_queue($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn exhausted_retries_are_recorded_before_the_dead_letter_queue() {
+                super::exhausted_retries_are_recorded_before_the_dead_letter_queue($make.await)
+                    .await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn higher_priority_first() {

@@ -17,7 +17,7 @@ use crate::queue::TaskQueue;
 use crate::queue::embedded::EmbeddedQueue;
 use crate::queue::rocketmq::RocketMqQueue;
 use crate::shutdown::Shutdown;
-use crate::status::{Announcing, LocalStatus, PublishedStatus, StatusSink};
+use crate::status::{Announcing, LocalStatus, PublishedStatus, REPORT_PATIENCE, StatusSink};
 use crate::store::TaskStore;
 use crate::store::templates::TemplateStore;
 use crate::telemetry::Telemetry;
@@ -129,7 +129,10 @@ impl Server {
                     }
                     Role::Worker => {
                         let topic = Arc::new(rocketmq.status_topic().await?);
-                        (rocketmq, Arc::new(PublishedStatus(topic)))
+                        (
+                            rocketmq,
+                            Arc::new(PublishedStatus::new(topic, REPORT_PATIENCE)),
+                        )
                     }
                 }
             }

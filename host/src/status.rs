@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::queue::{DeadLetter, QueueError, QueueStats, TaskHandler, TaskMessage, TaskQueue};
 use crate::store::{ResultMeta, StoreError, TaskError, TaskStatus, TaskStore};
@@ -177,19 +178,54 @@ pub trait EventPublisher: Send + Sync + 'static {
 /// Duplicate deliveries cannot be recognised here; they render again,
 /// overwrite the same result file with the same bytes, and their events
 /// change nothing in the API's store.
-pub struct PublishedStatus(pub Arc<dyn EventPublisher>);
+///
+/// A report that cannot be published (the broker restarting, the client's
+/// connection not yet back) is tried again with backoff for up to
+/// `patience` before the delivery gives up on it: giving up asks the queue
+/// for another delivery, which renders the task again and, during an outage
+/// longer than the client's own recovery, uses up its attempts.
+pub struct PublishedStatus {
+    events: Arc<dyn EventPublisher>,
+    patience: Duration,
+}
+
+/// How long a worker keeps trying to publish one report (see
+/// [`PublishedStatus`]); the rocketmq-rust client takes up to ~30 s to
+/// reconnect after a broker restart.
+pub const REPORT_PATIENCE: Duration = Duration::from_secs(60);
+
+impl PublishedStatus {
+    pub fn new(events: Arc<dyn EventPublisher>, patience: Duration) -> PublishedStatus {
+        PublishedStatus { events, patience }
+    }
+
+    async fn publish(&self, events: Vec<TaskEvent>) -> Result<(), StatusError> {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.events.publish_events(events.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "publishing a status report failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
 
 #[async_trait]
 impl StatusSink for PublishedStatus {
     async fn started(&self, m: &TaskMessage, attempt: u32) -> Result<Start, StatusError> {
-        self.0
-            .publish_events(vec![TaskEvent::new(m, attempt, EventKind::Started)])
+        self.publish(vec![TaskEvent::new(m, attempt, EventKind::Started)])
             .await?;
         Ok(Start::Proceed)
     }
 
     async fn finished(&self, event: TaskEvent) -> Result<(), StatusError> {
-        Ok(self.0.publish_events(vec![event]).await?)
+        self.publish(vec![event]).await
     }
 }
 
@@ -364,6 +400,67 @@ mod tests {
                 },
             },
         )
+    }
+
+    /// Fails its first `failures` publishes (an unreachable broker).
+    struct Flaky {
+        failures: std::sync::atomic::AtomicU32,
+        published: std::sync::Mutex<Vec<TaskEvent>>,
+    }
+
+    #[async_trait]
+    impl EventPublisher for Flaky {
+        async fn publish_events(&self, events: Vec<TaskEvent>) -> Result<(), QueueError> {
+            use std::sync::atomic::Ordering;
+            if self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(QueueError::Unavailable("broker away".into()));
+            }
+            self.published.lock().unwrap().extend(events);
+            Ok(())
+        }
+    }
+
+    fn flaky(failures: u32) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            failures: failures.into(),
+            published: Default::default(),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_is_published_once_the_broker_is_back_within_patience() {
+        let events = flaky(8);
+        let sink = PublishedStatus::new(events.clone(), Duration::from_secs(60));
+        let begun = tokio::time::Instant::now();
+        let report = failed(1, TaskStatus::Failed);
+        sink.finished(report.clone()).await.unwrap();
+        assert_eq!(*events.published.lock().unwrap(), vec![report]);
+        // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 2 + 2 + 2 s of backoff.
+        let waited = begun.elapsed();
+        assert!(
+            waited >= Duration::from_millis(9_100) && waited < Duration::from_secs(10),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_that_cannot_be_published_within_patience_is_an_error() {
+        let events = flaky(u32::MAX);
+        let sink = PublishedStatus::new(events.clone(), Duration::from_secs(5));
+        let begun = tokio::time::Instant::now();
+        let m = event(1, EventKind::Started);
+        let err = sink.finished(m).await.unwrap_err();
+        assert!(err.to_string().contains("broker away"), "{err}");
+        assert!(
+            begun.elapsed() <= Duration::from_secs(5),
+            "{:?}",
+            begun.elapsed()
+        );
+        assert!(events.published.lock().unwrap().is_empty());
     }
 
     /// An empty task store in a temporary directory (kept alive with it).

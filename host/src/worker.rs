@@ -36,17 +36,27 @@ pub struct Worker {
 #[async_trait]
 impl TaskHandler for Worker {
     async fn handle(&self, delivery: Delivery) -> Disposition {
-        let m = &delivery.message;
-        let span = tracing::info_span!(
-            "task",
-            task_id = %m.task_id,
-            tenant = %m.tenant,
-            template_id = %m.template_id,
-            format = %m.output_format,
-            attempt = delivery.attempt,
-        );
+        let span = task_span(&delivery);
         self.run(&delivery).instrument(span).await
     }
+
+    async fn give_up(&self, delivery: Delivery, reason: String) -> Disposition {
+        let span = task_span(&delivery);
+        self.record_dead(&delivery, reason).instrument(span).await
+    }
+}
+
+/// One span per task delivery.
+fn task_span(d: &Delivery) -> tracing::Span {
+    let m = &d.message;
+    tracing::info_span!(
+        "task",
+        task_id = %m.task_id,
+        tenant = %m.tenant,
+        template_id = %m.template_id,
+        format = %m.output_format,
+        attempt = d.attempt,
+    )
 }
 
 impl Worker {
@@ -68,7 +78,7 @@ impl Worker {
                     "delivered {} times (limit {}): the earlier deliveries ended without an outcome (the process died, or the outcome could not be recorded)",
                     d.attempt, d.max_attempts
                 );
-                let disposition = self.give_up(d, reason).await;
+                let disposition = self.record_dead(d, reason).await;
                 self.telemetry.delivered(
                     "dead",
                     &m.output_format,
@@ -112,7 +122,8 @@ impl Worker {
                     }
                     Err(e) if d.is_last_attempt() => (
                         "dead",
-                        self.give_up(d, format!("storing the result: {e}")).await,
+                        self.record_dead(d, format!("storing the result: {e}"))
+                            .await,
                     ),
                     Err(e) => (
                         "retry",
@@ -140,7 +151,7 @@ impl Worker {
 
     /// End a task as `dead` (class `host`) without another attempt, so it
     /// does not stay `running` while its message is dead-lettered.
-    async fn give_up(&self, d: &Delivery, reason: String) -> Disposition {
+    async fn record_dead(&self, d: &Delivery, reason: String) -> Disposition {
         let m = &d.message;
         tracing::warn!(%reason, "task dead");
         let error = TaskError {

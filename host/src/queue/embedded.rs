@@ -580,21 +580,23 @@ impl Dispatcher {
             // Beyond the last attempt too (the process died during the
             // earlier deliveries): the handler records the task's end.
             Ok(message) => {
-                self.handler
-                    .handle(Delivery {
-                        message,
-                        attempt,
-                        max_attempts: self.max_attempts,
-                    })
-                    .await
+                let delivery = Delivery {
+                    message,
+                    attempt,
+                    max_attempts: self.max_attempts,
+                };
+                let last = delivery.is_last_attempt().then(|| delivery.clone());
+                match (self.handler.handle(delivery).await, last) {
+                    // No retries left: the handler records the end first; if
+                    // it cannot, the message stays (a later delivery tries
+                    // again) rather than being dead-lettered unrecorded.
+                    (Disposition::Retry { reason }, Some(last)) => {
+                        let reason = format!("{reason} (no retries left after {attempt} attempts)");
+                        self.handler.give_up(last, reason).await
+                    }
+                    (d, _) => d,
+                }
             }
-        };
-        // No retry after a delivery beyond the last attempt.
-        let disposition = match disposition {
-            Disposition::Retry { reason } if attempt > self.max_attempts => Disposition::Dead {
-                reason: format!("{reason} (no retries left after {attempt} attempts)"),
-            },
-            d => d,
         };
         let backoff = (self.backoff)(attempt).as_millis() as i64;
         let result = self

@@ -94,9 +94,29 @@ pub enum Disposition {
     Dead { reason: String },
 }
 
+/// What consumes the queue (the worker). Both backends keep one contract:
+///
+/// * `Retry` before the last attempt: delivered again, `attempt + 1`.
+/// * `Retry` on or after the last attempt: the queue calls
+///   [`give_up`](TaskHandler::give_up) before dead-lettering, so that the
+///   task's end is recorded wherever task state lives. If that answers
+///   `Retry` (the end could not be recorded, e.g. the broker is away), the
+///   message is kept and delivered again later — beyond `max_attempts` —
+///   and never dead-lettered unrecorded.
+/// * Deliveries beyond `max_attempts` (earlier ones never answered: the
+///   process died) still go to [`handle`](TaskHandler::handle).
 #[async_trait]
 pub trait TaskHandler: Send + Sync + 'static {
     async fn handle(&self, delivery: Delivery) -> Disposition;
+
+    /// The delivery's retries are exhausted: record the task's end and
+    /// answer `Dead` (the queue then dead-letters it with that reason), or
+    /// `Retry` if the end could not be recorded. Handlers that keep task
+    /// state must record it here; the default records nothing.
+    async fn give_up(&self, delivery: Delivery, reason: String) -> Disposition {
+        let _ = delivery;
+        Disposition::Dead { reason }
+    }
 }
 
 /// Counters of a queue, filled from the backend's own state.

@@ -174,8 +174,14 @@ enum Outcome {
     Ack,
     Retry,
     Dead(String),
-    /// The tenant is at its `max_in_flight`: send again later, no attempt used.
-    Defer,
+    /// Send again later as a new message whose next delivery is attempt
+    /// `base + 1`: the tenant is at its `max_in_flight` (`base` = this
+    /// attempt − 1, none used), or the retries are exhausted and the end
+    /// could not be recorded (`base` = this attempt; the next delivery,
+    /// beyond the limit, records it).
+    Defer {
+        base: u32,
+    },
 }
 
 impl RocketMqConsumer {
@@ -512,11 +518,11 @@ impl LaneCtx {
             let attempt = base + msg.reconsume_times().max(0) as u32 + 1;
             match self.deliver(&msg, attempt).await {
                 Outcome::Ack => {}
-                Outcome::Defer => {
+                Outcome::Defer { base } => {
                     if let Err(e) = self
                         .dispatch
                         .producer
-                        .send_deferred(&msg, attempt - 1, DELAY_LEVEL_DEFER)
+                        .send_deferred(&msg, base, DELAY_LEVEL_DEFER)
                         .await
                     {
                         tracing::warn!(error = %e, "deferring failed; re-delivered later instead");
@@ -558,17 +564,11 @@ impl LaneCtx {
             Some(Err(e)) => return Outcome::Dead(e.to_string()),
             None => return Outcome::Dead("message without a body".into()),
         };
-        if attempt > d.max_attempts {
-            return Outcome::Dead(format!(
-                "delivered {attempt} times (limit {})",
-                d.max_attempts
-            ));
-        }
         let Some(_tenant) = d.tenants.take(message.tenant.as_str(), TENANT_WAIT).await else {
             tracing::debug!(tenant = %message.tenant, "tenant at max_in_flight; deferred");
             metrics::counter!("export_tasks_deferred_total", "tenant" => message.tenant.to_string())
                 .increment(1);
-            return Outcome::Defer;
+            return Outcome::Defer { base: attempt - 1 };
         };
         if self.lane == Lane::Normal {
             d.gate.wait_for_high_lane().await;
@@ -579,11 +579,15 @@ impl LaneCtx {
         d.in_flight.fetch_add(1, Ordering::SeqCst);
         let _in_flight = InFlight(d.in_flight.clone());
         let started = Instant::now();
+        // Beyond the last attempt too (the process died during the earlier
+        // deliveries, or the end could not be recorded): the handler
+        // records the task's end.
         let delivery = Delivery {
             message,
             attempt,
             max_attempts: d.max_attempts,
         };
+        let last = delivery.is_last_attempt().then(|| delivery.clone());
         let disposition =
             match tokio::time::timeout(d.consume_timeout, d.handler.handle(delivery)).await {
                 Ok(disposition) => disposition,
@@ -596,16 +600,28 @@ impl LaneCtx {
             };
         d.metrics
             .record_consume(started.elapsed(), disposition == Disposition::Ack);
-        match disposition {
-            Disposition::Ack => Outcome::Ack,
-            Disposition::Retry { reason } if attempt >= d.max_attempts => Outcome::Dead(format!(
-                "{reason} (no retries left after {attempt} attempts)"
-            )),
-            Disposition::Retry { reason } => {
+        match (disposition, last) {
+            (Disposition::Ack, _) => Outcome::Ack,
+            // No retries left: the handler records the end before the
+            // message is dead-lettered. A send-back would not do here: the
+            // broker dead-letters a message past its retryMaxTimes itself,
+            // unrecorded.
+            (Disposition::Retry { reason }, Some(last)) => {
+                let reason = format!("{reason} (no retries left after {attempt} attempts)");
+                match d.handler.give_up(last, reason).await {
+                    Disposition::Ack => Outcome::Ack,
+                    Disposition::Dead { reason } => Outcome::Dead(reason),
+                    Disposition::Retry { reason } => {
+                        tracing::warn!(attempt, %reason, "cannot record the task's end yet; sent again");
+                        Outcome::Defer { base: attempt }
+                    }
+                }
+            }
+            (Disposition::Retry { reason }, None) => {
                 tracing::debug!(attempt, %reason, "re-delivery requested");
                 Outcome::Retry
             }
-            Disposition::Dead { reason } => Outcome::Dead(reason),
+            (Disposition::Dead { reason }, _) => Outcome::Dead(reason),
         }
     }
 
