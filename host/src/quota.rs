@@ -9,14 +9,15 @@
 //! on growth, not exact counters.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::TenantLimits;
 use crate::ids::TenantId;
 use crate::store::{StoreError, TaskStore};
 
-/// How long the global count of open tasks is reused.
+/// How long the global count of open tasks is reused before it is counted
+/// again (in the background).
 const GLOBAL_COUNT_TTL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +64,20 @@ struct Bucket {
     at: Instant,
 }
 
+/// The global count of open tasks. Submits read it without waiting: once
+/// it is older than [`GLOBAL_COUNT_TTL`] one of them starts a count in the
+/// background and all go on with the old value, plus the tasks admitted
+/// since (so a burst between counts is still bounded).
+#[derive(Default)]
+struct GlobalCount {
+    counted: Option<(Instant, u64)>,
+    refreshing: bool,
+}
+
 #[derive(Default)]
 pub struct Quotas {
     buckets: Mutex<HashMap<String, Bucket>>,
-    global: tokio::sync::Mutex<Option<(Instant, u64)>>,
+    global: Arc<Mutex<GlobalCount>>,
 }
 
 impl Quotas {
@@ -100,18 +111,35 @@ impl Quotas {
         if let Some(rate) = limits.submit_per_second {
             self.take(tenant, rate, limits.submit_burst, n, Instant::now())?;
         }
+        if let Some((_, open)) = &mut lock(&self.global).counted {
+            *open += n;
+        }
         Ok(())
     }
 
     async fn global_open(&self, store: &TaskStore) -> Result<u64, StoreError> {
-        let mut cached = self.global.lock().await;
-        if let Some((at, n)) = *cached {
-            if at.elapsed() < GLOBAL_COUNT_TTL {
+        {
+            let mut g = lock(&self.global);
+            if let Some((at, n)) = g.counted {
+                if at.elapsed() >= GLOBAL_COUNT_TTL && !g.refreshing {
+                    g.refreshing = true;
+                    let (global, store) = (self.global.clone(), store.clone());
+                    tokio::spawn(async move {
+                        let counted = store.count_open(None).await;
+                        let mut g = lock(&global);
+                        g.refreshing = false;
+                        match counted {
+                            Ok(n) => g.counted = Some((Instant::now(), n)),
+                            Err(e) => tracing::warn!(error = %e, "counting open tasks failed"),
+                        }
+                    });
+                }
                 return Ok(n);
             }
         }
+        // The first count: wait for it.
         let n = store.count_open(None).await?;
-        *cached = Some((Instant::now(), n));
+        lock(&self.global).counted = Some((Instant::now(), n));
         Ok(n)
     }
 
@@ -133,7 +161,7 @@ impl Quotas {
                 burst,
             });
         }
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = lock(&self.buckets);
         let b = buckets.entry(tenant.to_string()).or_insert(Bucket {
             tokens: burst as f64,
             at: now,
@@ -156,9 +184,44 @@ impl Quotas {
     }
 }
 
+/// A poisoned lock still holds valid counts.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_global_bound_counts_tasks_admitted_since_the_last_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            TaskStore::open(dir.path(), dir.path(), crate::config::SyncMode::Normal).unwrap();
+        let q = Quotas::default();
+        let t = TenantId::default_tenant();
+        let limits = TenantLimits::default();
+        q.admit(&store, &t, &limits, 3, 2).await.unwrap();
+        // Nothing reached the store here, yet the 2 admitted count.
+        let err = q.admit(&store, &t, &limits, 3, 2).await.unwrap_err();
+        assert!(
+            matches!(err, QuotaError::Busy { open: 2, limit: 3 }),
+            "{err}"
+        );
+        // After the TTL the store is counted again (0 open), in the
+        // background: a later submit sees it.
+        tokio::time::sleep(GLOBAL_COUNT_TTL).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match q.admit(&store, &t, &limits, 3, 3).await {
+                Ok(()) => break,
+                Err(QuotaError::Busy { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
 
     #[test]
     fn the_bucket_allows_a_burst_then_the_rate() {
