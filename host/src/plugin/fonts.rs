@@ -17,6 +17,7 @@ struct Entry {
 }
 
 pub struct FontIndex {
+    dirs: Vec<PathBuf>,
     entries: OnceLock<Vec<Entry>>,
     fingerprint: OnceLock<String>,
     building: Mutex<Option<std::thread::JoinHandle<Vec<Entry>>>>,
@@ -26,11 +27,15 @@ pub struct FontIndex {
 impl FontIndex {
     /// Start indexing `dirs` in the background.
     pub fn new(dirs: Vec<PathBuf>) -> FontIndex {
-        let handle = std::thread::Builder::new()
-            .name("font-index".into())
-            .spawn(move || build(&dirs))
-            .ok();
+        let handle = {
+            let dirs = dirs.clone();
+            std::thread::Builder::new()
+                .name("font-index".into())
+                .spawn(move || build(&dirs))
+                .ok()
+        };
         FontIndex {
+            dirs,
             entries: OnceLock::new(),
             fingerprint: OnceLock::new(),
             building: Mutex::new(handle),
@@ -53,39 +58,31 @@ impl FontIndex {
         self.entries().iter().map(|e| e.face.clone()).collect()
     }
 
-    /// A digest of everything `faces()` returns and of the files behind it
-    /// (path, size, modification time): a plugin's prepared state depends on
-    /// the fonts on offer.
+    /// A digest of the font files on offer (path, size, modification time)
+    /// and of this host's version (which decides how they are indexed): a
+    /// plugin's prepared state depends on the fonts on offer. Computed from
+    /// the files' metadata alone, so a process that only needs the digest
+    /// (the CLI finding a cached snapshot) does not wait for the index.
     pub fn fingerprint(&self) -> &str {
         self.fingerprint.get_or_init(|| {
             use sha2::{Digest, Sha256};
+            let mut paths = Vec::new();
+            for dir in &self.dirs {
+                collect(dir, &mut paths, 0);
+            }
+            paths.sort();
             let mut h = Sha256::new();
-            for e in self.entries() {
-                let f = &e.face;
-                h.update(format!(
-                    "{}\0{}\0{:?}\0{}\0{}\0{}\0{}\0{}\0{}\0",
-                    e.path.display(),
-                    f.family,
-                    f.style,
-                    f.weight,
-                    f.stretch,
-                    f.index,
-                    f.monospace,
-                    f.serif,
-                    f.coverage.len()
-                ));
-                for (a, b) in &f.coverage {
-                    h.update(a.to_le_bytes());
-                    h.update(b.to_le_bytes());
-                }
-                if let Ok(meta) = std::fs::metadata(&e.path) {
-                    let modified = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_nanos());
-                    h.update(format!("{}\0{modified}\0", meta.len()));
-                }
+            h.update(concat!("export-host ", env!("CARGO_PKG_VERSION"), "\0"));
+            for path in paths {
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                h.update(format!("{}\0{}\0{modified}\0", path.display(), meta.len()));
             }
             hex::encode(&h.finalize()[..16])
         })
