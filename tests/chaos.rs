@@ -1074,6 +1074,71 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
 // ---------------------------------------------------------------- shutdown and start-up
 
 /// Poll a task's status document until `pred` holds (30 s at most).
+/// One render slot and a slow render holding it: deliveries leased behind
+/// it wait for the slot. Killing the process then costs them no attempt
+/// (an attempt is a render begun), while the slow task's renders count.
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_killed_while_waiting_for_a_render_slot_use_no_attempt() {
+    let mut s = TestServer::start(
+        &["chaos"],
+        "rocketmq:\n  max_reconsume_times: 1\nlimits:\n  timeout_ms: 60000\nworker:\n  concurrency: 1\n  in_flight: 8\n",
+    )
+    .await;
+    s.put_template("slow", "slow.chaos", "spin:30000").await;
+    s.put_template("quick", "quick.chaos", "ok").await;
+    let slow = s.submit("slow", "chaos", json!({})).await;
+    let mut quick = Vec::new();
+    for i in 0..4 {
+        quick.push(s.submit("quick", "chaos", json!({ "i": i })).await);
+    }
+    // max_attempts = 2: the slow task's render dies with the process twice.
+    for attempt in 1..=2 {
+        wait_status(&s, &slow, |t| {
+            t["status"] == "running" && t["attempts"] == attempt
+        })
+        .await;
+        // The quick ones not done yet (one may have had the slot before the
+        // slow one) are delivered too, waiting for the slot, and `queued`.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut waiting = 0;
+            for id in &quick {
+                let (_, t) = s.get_json(&format!("/api/v1/tasks/{id}")).await;
+                match t["data"]["status"].as_str() {
+                    Some("succeeded") => {}
+                    Some("queued") => waiting += 1,
+                    _ => panic!("waiting for the slot: {t}"),
+                }
+            }
+            let (_, q) = s.get_json("/api/v1/queue/status").await;
+            if q["data"]["metrics"]["in_flight"] == 1 + waiting {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "attempt {attempt}: not all delivered ({waiting} quick waiting): {q}\n{}",
+                tail(&s.log())
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::task::block_in_place(|| s.restart());
+    }
+    let t = s.wait_final(&slow, Duration::from_secs(30)).await;
+    assert_eq!(t["status"], "dead", "{t}");
+    assert!(
+        t["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("delivered 3 times (limit 2)"),
+        "{t}"
+    );
+    for id in &quick {
+        let t = s.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(t["status"], "succeeded", "{t}\n{}", tail(&s.log()));
+        assert_eq!(t["attempts"], 1, "{t}");
+    }
+}
+
 async fn wait_status(s: &TestServer, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -412,14 +412,18 @@ pub struct WorkerConfig {
     /// Deliveries in progress at once (waiting for their commits, their
     /// template, a render slot): more than `concurrency` lets one fsync
     /// commit the state changes of many tasks (embedded queue) and overlaps
-    /// broker round trips (RocketMQ). 0 = `concurrency`. The cost: a
-    /// delivery waiting for a render slot when the process is killed has
-    /// used up an attempt.
+    /// broker round trips (RocketMQ). 0 = [`DEFAULT_IN_FLIGHT`]; never
+    /// below `concurrency`. A delivery still waiting for a render slot when
+    /// the process is killed uses no attempt (attempts are renders begun).
     pub in_flight: usize,
     /// CPU priority (nice, 0..=19) of the render threads: above 0 the
     /// API's threads are served first when renders keep every core busy.
     pub render_nice: i32,
 }
+
+/// `worker.in_flight` when unset: enough deliveries in progress that one
+/// group commit carries many tasks' bookkeeping (docs/CAPACITY.md).
+pub const DEFAULT_IN_FLIGHT: usize = 64;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -705,10 +709,14 @@ impl Config {
         }
     }
 
-    /// Deliveries in progress at once (`worker.in_flight`, at least the
-    /// render concurrency; 0 = the render concurrency).
+    /// Deliveries in progress at once (`worker.in_flight`, 0 =
+    /// [`DEFAULT_IN_FLIGHT`]; at least the render concurrency).
     pub fn worker_in_flight(&self) -> usize {
-        self.worker.in_flight.max(self.worker_concurrency())
+        let n = match self.worker.in_flight {
+            0 => DEFAULT_IN_FLIGHT,
+            n => n,
+        };
+        n.max(self.worker_concurrency())
     }
 
     /// Where templates and results live (`storage.shared_dir`, else

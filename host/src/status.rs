@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ids::TaskId;
 use crate::queue::{DeadLetter, QueueError, QueueStats, TaskHandler, TaskMessage, TaskQueue};
 use crate::store::{ResultMeta, StoreError, TaskError, TaskStatus, TaskStore};
 
@@ -124,8 +125,8 @@ impl TaskEvent {
 /// What [`StatusSink::started`] found out about a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
-    /// Render it.
-    Proceed,
+    /// Render it, as this attempt (see [`StatusSink::started`]).
+    Proceed { attempt: u32 },
     /// The task already ended with this status: acknowledge the duplicate.
     AlreadyFinal(TaskStatus),
     /// No such task (its submission was rolled back): drop the message.
@@ -143,10 +144,37 @@ pub enum StatusError {
 /// Where a worker reports task status.
 #[async_trait]
 pub trait StatusSink: Send + Sync + 'static {
-    /// A delivery is about to be rendered.
+    /// A delivery is about to be rendered. A sink that
+    /// [`counts_attempts`](StatusSink::counts_attempts) answers the attempt
+    /// number from its own count of renders started; otherwise it is the
+    /// queue's `attempt`.
     async fn started(&self, m: &TaskMessage, attempt: u32) -> Result<Start, StatusError>;
     /// The delivery ended (`Succeeded` or `Failed`).
     async fn finished(&self, event: TaskEvent) -> Result<(), StatusError>;
+
+    /// A render slot is taken: attempt `attempt` begins to render. Only
+    /// sinks that [`count_attempts`](StatusSink::counts_attempts) record it.
+    async fn render_began(&self, id: &TaskId, round: u32, attempt: u32) -> Result<(), StatusError> {
+        let _ = (id, round, attempt);
+        Ok(())
+    }
+
+    /// True if this sink counts attempts itself: renders begun, recorded
+    /// when a render slot is taken ([`render_began`](StatusSink::render_began)),
+    /// so a delivery still waiting for a slot when the process is killed
+    /// has used no attempt. The embedded queue counts deliveries (it must,
+    /// to notice a render that takes the process down); RocketMQ counts
+    /// only send-backs, so there a killed delivery costs nothing anyway.
+    fn counts_attempts(&self) -> bool {
+        false
+    }
+
+    /// Renders started of the task's current round, if this sink counts
+    /// them.
+    async fn attempts(&self, m: &TaskMessage) -> Result<Option<u32>, StatusError> {
+        let _ = m;
+        Ok(None)
+    }
 }
 
 /// The worker and the API share one process and one task store.
@@ -154,17 +182,34 @@ pub struct LocalStatus(pub TaskStore);
 
 #[async_trait]
 impl StatusSink for LocalStatus {
-    async fn started(&self, m: &TaskMessage, attempt: u32) -> Result<Start, StatusError> {
-        Ok(match self.0.start(&m.task_id, m.round, attempt).await? {
+    async fn started(&self, m: &TaskMessage, _attempt: u32) -> Result<Start, StatusError> {
+        Ok(match self.0.start(&m.task_id, m.round).await? {
             None => Start::Unknown,
-            Some(before) if before.is_final() => Start::AlreadyFinal(before),
-            Some(_) => Start::Proceed,
+            Some((before, _)) if before.is_final() => Start::AlreadyFinal(before),
+            Some((_, begun)) => Start::Proceed { attempt: begun + 1 },
         })
+    }
+
+    async fn render_began(&self, id: &TaskId, round: u32, attempt: u32) -> Result<(), StatusError> {
+        Ok(self.0.render_began(id, round, attempt).await?)
     }
 
     async fn finished(&self, event: TaskEvent) -> Result<(), StatusError> {
         self.0.apply(vec![event]).await?;
         Ok(())
+    }
+
+    fn counts_attempts(&self) -> bool {
+        true
+    }
+
+    async fn attempts(&self, m: &TaskMessage) -> Result<Option<u32>, StatusError> {
+        Ok(self
+            .0
+            .get(&m.tenant, &m.task_id)
+            .await?
+            .filter(|t| t.replays == m.round)
+            .map(|t| t.attempts))
     }
 }
 
@@ -221,7 +266,7 @@ impl StatusSink for PublishedStatus {
     async fn started(&self, m: &TaskMessage, attempt: u32) -> Result<Start, StatusError> {
         self.publish(vec![TaskEvent::new(m, attempt, EventKind::Started)])
             .await?;
-        Ok(Start::Proceed)
+        Ok(Start::Proceed { attempt })
     }
 
     async fn finished(&self, event: TaskEvent) -> Result<(), StatusError> {
@@ -628,15 +673,18 @@ mod tests {
         let id = crate::ids::TaskId::parse("t1").unwrap();
         // A duplicate of round 0 is recognised as finished...
         assert_eq!(
-            store.start(&id, 0, 2).await.unwrap(),
-            Some(TaskStatus::Dead)
+            store.start(&id, 0).await.unwrap(),
+            Some((TaskStatus::Dead, 1))
         );
         assert_eq!(stored(&store).await.status, TaskStatus::Dead);
         // ...a delivery of round 1 runs, even before its `accepted` arrived.
         assert_eq!(
-            store.start(&id, 1, 1).await.unwrap(),
-            Some(TaskStatus::Queued)
+            store.start(&id, 1).await.unwrap(),
+            Some((TaskStatus::Queued, 0))
         );
+        assert_eq!(stored(&store).await.status, TaskStatus::Queued);
+        // It is running once its render begins.
+        store.render_began(&id, 1, 1).await.unwrap();
         let t = stored(&store).await;
         assert_eq!(
             (t.status, t.attempts, t.replays),

@@ -37,16 +37,33 @@ pub struct Worker {
 impl TaskHandler for Worker {
     async fn handle(&self, delivery: Delivery) -> Disposition {
         let span = task_span(&delivery);
-        self.run(&delivery).instrument(span).await
+        self.run(delivery).instrument(span).await
     }
 
     async fn give_up(&self, delivery: Delivery, reason: String) -> Disposition {
         let span = task_span(&delivery);
-        self.record_dead(&delivery, reason).instrument(span).await
+        span.record("attempt", delivery.attempt);
+        async {
+            // Attempts counted by renders begun: deliveries that never
+            // reached a render (the process killed while they waited for a
+            // slot) are not attempts, and the task goes on while it has some
+            // left.
+            if delivery.attempt <= delivery.max_attempts.saturating_mul(DELIVERY_SLACK)
+                && let Ok(Some(begun)) = self.status.attempts(&delivery.message).await
+                && begun < delivery.max_attempts
+            {
+                return Disposition::Retry { reason };
+            }
+            self.record_dead(&delivery, reason).await
+        }
+        .instrument(span)
+        .await
     }
 }
 
-/// One span per task delivery.
+/// One span per task delivery: `delivery` is the queue's count, `attempt`
+/// (recorded once known) the attempt it is (they differ where attempts are
+/// renders begun, see [`StatusSink::counts_attempts`]).
 fn task_span(d: &Delivery) -> tracing::Span {
     let m = &d.message;
     tracing::info_span!(
@@ -55,14 +72,21 @@ fn task_span(d: &Delivery) -> tracing::Span {
         tenant = %m.tenant,
         template_id = %m.template_id,
         format = %m.output_format,
-        attempt = d.attempt,
+        delivery = d.attempt,
+        attempt = tracing::field::Empty,
     )
 }
 
+/// Where attempts are counted by renders begun, a task delivered this many
+/// times its `max_attempts` without using them up is still recorded dead:
+/// the bound for a render that takes the process down before its begin is
+/// recorded.
+const DELIVERY_SLACK: u32 = 4;
+
 impl Worker {
-    async fn run(&self, d: &Delivery) -> Disposition {
-        let m = &d.message;
-        match self.status.started(m, d.attempt).await {
+    async fn run(&self, mut d: Delivery) -> Disposition {
+        let delivered = d.attempt;
+        match self.status.started(&d.message, d.attempt).await {
             Ok(Start::AlreadyFinal(before)) => {
                 tracing::info!(
                     status = before.as_str(),
@@ -70,26 +94,10 @@ impl Worker {
                 );
                 return Disposition::Ack;
             }
-            // None of the earlier deliveries answered (the process died
-            // during each, e.g. a render that takes the host down): record
-            // the task dead rather than run it again.
-            Ok(Start::Proceed) if d.attempt > d.max_attempts => {
-                let reason = format!(
-                    "delivered {} times (limit {}): the earlier deliveries ended without an outcome (the process died, or the outcome could not be recorded)",
-                    d.attempt, d.max_attempts
-                );
-                let disposition = self.record_dead(d, reason).await;
-                self.telemetry.delivered(
-                    "dead",
-                    &m.output_format,
-                    m.tenant.as_str(),
-                    "-",
-                    m.created_at,
-                    std::time::Duration::ZERO,
-                );
-                return disposition;
+            Ok(Start::Proceed { attempt }) => {
+                tracing::Span::current().record("attempt", attempt);
+                d.attempt = attempt;
             }
-            Ok(Start::Proceed) => {}
             Ok(Start::Unknown) => {
                 tracing::warn!("message for a task this store does not know; dropped");
                 return Disposition::Dead {
@@ -101,6 +109,32 @@ impl Worker {
                     reason: format!("reporting the start: {e}"),
                 };
             }
+        }
+        let d = &d;
+        let m = &d.message;
+        // None of the earlier attempts answered (the process died during
+        // each, e.g. a render that takes the host down): record the task
+        // dead rather than run it again.
+        if d.attempt > d.max_attempts || delivered > d.max_attempts.saturating_mul(DELIVERY_SLACK) {
+            let times = if d.attempt > d.max_attempts {
+                d.attempt
+            } else {
+                delivered
+            };
+            let reason = format!(
+                "delivered {times} times (limit {}): the earlier deliveries ended without an outcome (the process died, or the outcome could not be recorded)",
+                d.max_attempts
+            );
+            let disposition = self.record_dead(d, reason).await;
+            self.telemetry.delivered(
+                "dead",
+                &m.output_format,
+                m.tenant.as_str(),
+                "-",
+                m.created_at,
+                std::time::Duration::ZERO,
+            );
+            return disposition;
         }
         let plugin = self
             .plugins
@@ -237,11 +271,26 @@ impl Worker {
         let waiting = Instant::now();
         let slot = self.renders.acquire(m.priority).await;
         *waited = waiting.elapsed();
-        slot.run(move || {
-            span.in_scope(|| plugins.render_capped(&fmt, &name, template, data, options, caps))
-        })
-        .await
-        .map_err(|e| Fault::Host(format!("render thread: {e}")))?
+        // The attempt is used now (where attempts are counted by renders
+        // begun); recorded while the render runs, awaited before its outcome.
+        let began = self.status.counts_attempts().then(|| {
+            let (status, id, round, attempt) =
+                (self.status.clone(), m.task_id.clone(), m.round, d.attempt);
+            tokio::spawn(async move { status.render_began(&id, round, attempt).await })
+        });
+        let rendered = slot
+            .run(move || {
+                span.in_scope(|| plugins.render_capped(&fmt, &name, template, data, options, caps))
+            })
+            .await;
+        if let Some(began) = began {
+            match began.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "recording the render's begin failed"),
+                Err(e) => tracing::warn!(error = %e, "recording the render's begin failed"),
+            }
+        }
+        rendered.map_err(|e| Fault::Host(format!("render thread: {e}")))?
     }
 
     /// Record a failed render; returns the status for metrics and what the

@@ -240,43 +240,83 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Mark a delivery of replay round `round` as started. Returns the
-    /// status it had before (`queued` when the delivery opens a later round
-    /// than the stored one), or `None` if the task is unknown.
+    /// What a delivery of replay round `round` finds: the status the task
+    /// has (`queued` when the delivery opens a later round than the stored
+    /// one, which resets the task) and the renders begun in that round (see
+    /// [`Self::render_began`]; the queue's delivery count can be higher:
+    /// deliveries that never reached a render, the process killed while
+    /// they waited for a slot, are not attempts). `None` if the task is
+    /// unknown. A read, except when a round begins.
     pub async fn start(
         &self,
         id: &TaskId,
         round: u32,
-        attempt: u32,
-    ) -> Result<Option<TaskStatus>, StoreError> {
+    ) -> Result<Option<(TaskStatus, u32)>, StoreError> {
         let id = id.to_string();
+        let read = {
+            let id = id.clone();
+            self.db
+                .read(move |c| {
+                    c.query_row(
+                        "SELECT status, round, attempts FROM tasks WHERE task_id = ?1",
+                        [&id],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, u32>(1)?,
+                                r.get::<_, u32>(2)?,
+                            ))
+                        },
+                    )
+                    .optional()
+                })
+                .await?
+        };
+        let Some((status, stored_round, attempts)) = read else {
+            return Ok(None);
+        };
+        if round < stored_round {
+            // A delivery of a round that was replayed since.
+            return Ok(Some((TaskStatus::Dead, attempts)));
+        }
+        if round == stored_round {
+            return Ok(Some((TaskStatus::parse(&status), attempts)));
+        }
         Ok(self
             .db
             .write_background(move |c| {
-                let before: Option<(String, u32)> = c
-                    .query_row("SELECT status, round FROM tasks WHERE task_id = ?1", [&id], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?;
-                let Some((before, stored_round)) = before else { return Ok(None) };
-                let mut before = TaskStatus::parse(&before);
-                if round < stored_round {
-                    // A delivery of a round that was replayed since.
-                    return Ok(Some(TaskStatus::Dead));
-                }
-                if round > stored_round {
+                let stored: u32 =
+                    c.query_row("SELECT round FROM tasks WHERE task_id = ?1", [&id], |r| {
+                        r.get(0)
+                    })?;
+                if stored < round {
                     new_round(c, &id, round)?;
-                    before = TaskStatus::Queued;
                 }
-                if !before.is_final() {
-                    c.execute(
-                        "UPDATE tasks SET status = 'running', attempts = ?2, started_at = ?3 WHERE task_id = ?1",
-                        params![id, attempt, ms(Utc::now())],
-                    )?;
-                }
-                Ok(Some(before))
+                Ok(Some((TaskStatus::Queued, 0)))
             })
             .await?)
+    }
+
+    /// Attempt `attempt` of round `round` begins to render: the task is
+    /// `running` and has used that attempt (unless it ended meanwhile).
+    pub async fn render_began(
+        &self,
+        id: &TaskId,
+        round: u32,
+        attempt: u32,
+    ) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.db
+            .write_background(move |c| {
+                c.prepare_cached(
+                    "UPDATE tasks SET status = 'running', attempts = max(attempts, ?3), started_at = ?4
+                     WHERE task_id = ?1 AND round = ?2 AND status NOT IN ('succeeded', 'failed', 'dead')",
+                )?
+                .execute(params![id, round, attempt, ms(Utc::now())])?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
     }
 
     /// Write a result file (atomically; fsynced with `sync: full`) where
