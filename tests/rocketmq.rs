@@ -564,3 +564,59 @@ async fn wait_known(s: &TestServer, id: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Split roles, the broker down for 15 s while a worker renders: the
+/// worker cannot report the outcome until the broker is back. The task
+/// still ends with its own outcome, rendered once — not re-rendered on
+/// every local re-submission of the client, nor dead-lettered unrecorded
+/// (which left it `running` forever; docs/RELIABILITY.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_outage_during_a_render_neither_loses_nor_re_renders_the_task() {
+    let mut broker = tokio::task::spawn_blocking(Broker::start)
+        .await
+        .expect("broker");
+    let (topic, group) = (unique("outage"), unique("outage_consumer"));
+    let shared = tempfile::tempdir().expect("shared dir");
+    let yaml = |role: &str| {
+        rocketmq_yaml(
+            &broker.name_server,
+            &topic,
+            &group,
+            &format!(
+                "  max_reconsume_times: 3\nserver:\n  role: {role}\n  instance_id: {role}-1\nstorage:\n  shared_dir: \"{}\"\nlimits:\n  timeout_ms: 3000\nworker:\n  concurrency: 2\n",
+                shared.path().display()
+            ),
+        )
+    };
+    let api = TestServer::start(&["chaos"], &yaml("api")).await;
+    let worker = TestServer::start(&["chaos"], &yaml("worker")).await;
+    api.put_template("k-loop", "k-loop.chaos", "loop").await;
+    let ids = [
+        api.submit("k-loop", "chaos", json!({})).await,
+        api.submit("k-loop", "chaos", json!({})).await,
+    ];
+    // Both rendering (the API heard their `started` events) ...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let (_, t) = api.get_json(&format!("/api/v1/tasks/{id}")).await;
+            if t["data"]["status"] == "running" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never running: {t}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // ... when the broker goes away, for longer than the client's 5 s
+    // local re-submissions times the attempts left.
+    tokio::task::block_in_place(|| broker.kill_broker());
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    tokio::task::block_in_place(|| broker.restart_broker());
+    for id in &ids {
+        let t = api.wait_final(id, Duration::from_secs(120)).await;
+        let why = format!("{t}\nworker log:\n{}", worker.log());
+        assert_eq!(t["status"], "failed", "{why}");
+        assert_eq!(t["error"]["class"], "timeout", "{why}");
+        assert_eq!(t["attempts"], 1, "rendered once: {why}");
+    }
+}
