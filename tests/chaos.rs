@@ -42,7 +42,7 @@ use broker::{Broker, unique};
 use common::TestServer;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -543,7 +543,7 @@ impl Report {
             self.refusals
         ));
         s.push_str(&format!(
-            "duplicates: {} extra renders (same document, one result file each), {} duplicate deliveries acknowledged without rendering, {} orphan temp files\n",
+            "duplicates: {} extra renders (same document, one stored result each), {} duplicate deliveries acknowledged without rendering, {} orphan temp files\n",
             self.duplicates, self.acked_duplicates, self.orphan_temp_files
         ));
         if !self.resumes.is_empty() {
@@ -664,8 +664,10 @@ async fn check(
         }
     }
 
-    // Result files: one per task, none for tasks nobody accepted.
-    let mut files: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    // Stored results (their contents): one per task, none for tasks nobody
+    // accepted. A result is a file under results/, or a row of tasks.db
+    // (`result_blobs`: small results with `server.role: all`).
+    let mut files: HashMap<String, Vec<String>> = HashMap::new();
     if let Ok(dir) = std::fs::read_dir(results_dir) {
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
@@ -674,7 +676,8 @@ async fn check(
                 report.orphan_temp_files += 1;
                 continue;
             }
-            files.entry(id).or_default().push(e.path());
+            let content = std::fs::read_to_string(e.path()).unwrap_or_default();
+            files.entry(id).or_default().push(content);
         }
     }
     // Tasks the service knows.
@@ -695,6 +698,19 @@ async fn check(
             let (id, template) = row.expect("row");
             known.insert(id, template);
         }
+        let mut stmt = c
+            .prepare("SELECT task_id, bytes FROM result_blobs")
+            .expect("query result_blobs");
+        for row in stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .expect("rows")
+        {
+            let (id, bytes) = row.expect("row");
+            let content = String::from_utf8_lossy(&bytes).into_owned();
+            files.entry(id).or_default().push(content);
+        }
     }
     let mut budget: HashMap<Kind, usize> = HashMap::new();
     for kind in ledger.indeterminate.values() {
@@ -706,9 +722,7 @@ async fn check(
         .filter(|id| !ledger.accepted.contains_key(*id))
         .collect();
     for id in strangers {
-        let content = files
-            .get(id)
-            .and_then(|p| std::fs::read_to_string(&p[0]).ok());
+        let content = files.get(id).and_then(|c| c.first().cloned());
         let seq = content
             .as_deref()
             .and_then(|c| serde_json::from_str::<Value>(c).ok())
@@ -742,7 +756,7 @@ async fn check(
                 None => "no submission explains it".into(),
             };
             report.unexpected.push(format!(
-                "{id} (template {:?}, result file {}): never accepted; {why}",
+                "{id} (template {:?}, stored result {}): never accepted; {why}",
                 known.get(id),
                 files.contains_key(id)
             ));
@@ -755,9 +769,9 @@ async fn check(
             report.duplicates += n - 1;
             let nfiles = files.get(&id).map_or(0, Vec::len);
             if nfiles != 1 {
-                report
-                    .duplicate_problems
-                    .push(format!("{id} rendered {n} times has {nfiles} result files"));
+                report.duplicate_problems.push(format!(
+                    "{id} rendered {n} times has {nfiles} stored results"
+                ));
             }
         }
     }

@@ -443,7 +443,58 @@ fn hash_key_command_prints_the_form_the_config_takes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_deletes_results_and_the_status_says_when() {
-    let s = TestServer::start(&["text"], "limits:\n  result_retention_s: 2\n").await;
+    // A small result is a row of tasks.db (the default) ...
+    retention_deletes(
+        "limits:\n  result_retention_s: 2\n",
+        Stored {
+            row: true,
+            file: false,
+        },
+    )
+    .await;
+    // ... or a file.
+    retention_deletes(
+        "limits:\n  result_retention_s: 2\nstorage:\n  inline_result_max_bytes: 0\n",
+        Stored {
+            row: false,
+            file: true,
+        },
+    )
+    .await;
+}
+
+/// Where a task's result is kept.
+#[derive(Debug, PartialEq)]
+struct Stored {
+    row: bool,
+    file: bool,
+}
+
+fn stored(s: &TestServer, id: &str) -> Stored {
+    let db = rusqlite::Connection::open_with_flags(
+        s.dir.path().join("data/tasks.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("tasks.db");
+    let rows: i64 = db
+        .query_row(
+            "SELECT count(*) FROM result_blobs WHERE task_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .expect("query");
+    Stored {
+        row: rows == 1,
+        file: s
+            .dir
+            .path()
+            .join(format!("data/results/default/{id}.txt"))
+            .exists(),
+    }
+}
+
+async fn retention_deletes(config: &str, kept_as: Stored) {
+    let s = TestServer::start(&["text"], config).await;
     s.put_template("t", "t.txt", "n={{ n }}").await;
     let id = s.submit("t", "txt", json!({ "n": 1 })).await;
     let t = s.wait_final(&id, Duration::from_secs(30)).await;
@@ -455,9 +506,10 @@ async fn retention_deletes_results_and_the_status_says_when() {
         chrono::DateTime::parse_from_rfc3339(t["result_expires_at"].as_str().expect("expires_at"))
             .expect("time");
     assert_eq!((expires - finished).num_seconds(), 2, "{t}");
-    let file = s.dir.path().join(format!("data/results/default/{id}.txt"));
-    assert!(file.exists(), "{}", file.display());
-    assert_eq!(s.result(&id).await.status(), 200);
+    assert_eq!(stored(&s, &id), kept_as);
+    let resp = s.result(&id).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "n=1");
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let t = loop {
@@ -471,7 +523,14 @@ async fn retention_deletes_results_and_the_status_says_when() {
     assert!(t["result_url"].is_null(), "{t}");
     assert!(t["result_expires_at"].is_null(), "{t}");
     assert_eq!(t["status"], "succeeded", "the task's outcome stays: {t}");
-    assert!(!file.exists(), "file still there: {}", file.display());
+    assert_eq!(
+        stored(&s, &id),
+        Stored {
+            row: false,
+            file: false
+        },
+        "deleted"
+    );
     let resp = s.result(&id).await;
     assert_eq!(resp.status(), 410);
     let body: Value = resp.json().await.expect("json");

@@ -306,6 +306,12 @@ pub struct StorageConfig {
     /// processes on different machines (a network file system mount).
     /// Defaults to `data_dir`.
     pub shared_dir: Option<PathBuf>,
+    /// Results up to this size are kept in `tasks.db` (committed with the
+    /// task's other bookkeeping) rather than one file each: a file per
+    /// result costs an inode allocation, the top of the no-op profile.
+    /// Only with `server.role: all` (split roles share results as files).
+    /// 0 = always files.
+    pub inline_result_max_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -313,6 +319,7 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("data"),
             shared_dir: None,
+            inline_result_max_bytes: 64 * 1024,
         }
     }
 }
@@ -538,6 +545,12 @@ impl Config {
             return Err(invalid(
                 "server.listen",
                 format!("{:?} is not host:port", self.server.listen),
+            ));
+        }
+        if self.storage.inline_result_max_bytes > 16 * 1024 * 1024 {
+            return Err(invalid(
+                "storage.inline_result_max_bytes",
+                "must be at most 16 MiB (larger results are better as files)",
             ));
         }
         if self.server.role != Role::All && self.backend() != Backend::Rocketmq {

@@ -83,7 +83,13 @@ impl Server {
             })?;
         }
         let sync = config.queue.embedded.sync;
-        let store = TaskStore::open(&data_dir, &shared_dir, sync)?;
+        // Results inline in tasks.db only where this process's store is the
+        // one that serves them (split roles share result files).
+        let inline = match config.server.role {
+            Role::All => config.storage.inline_result_max_bytes,
+            _ => 0,
+        };
+        let store = TaskStore::open(&data_dir, &shared_dir, sync)?.with_inline_results(inline);
         let templates = TemplateStore::open(&shared_dir).map_err(|source| ServeError::DataDir {
             path: shared_dir.clone(),
             source,

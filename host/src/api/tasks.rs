@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::{ApiError, Envelope, ErrorEnvelope, ok};
 use crate::auth::Caller;
 use crate::ids::TaskId;
-use crate::store::{TaskRecord, TaskStatus};
+use crate::store::{StoredResult, TaskRecord, TaskStatus};
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
@@ -216,13 +216,16 @@ pub async fn result(
             ),
         ));
     }
-    let path = app.store.result_path(&tenant, &id, &meta.extension);
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::GONE,
-            format!("result of task {id} is no longer stored: {e}"),
-        )
-    })?;
+    let stored = app
+        .store
+        .open_result(&tenant, &id, &meta.extension)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::GONE,
+                format!("result of task {id} is no longer stored: {e}"),
+            )
+        })?;
     let filename = format!("{}-{id}.{}", task.template_id, meta.extension);
     Ok((
         [
@@ -233,7 +236,10 @@ pub async fn result(
             ),
             (header::CONTENT_LENGTH, meta.size.to_string()),
         ],
-        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+        match stored {
+            StoredResult::Inline(bytes) => Body::from(bytes),
+            StoredResult::File(file) => Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+        },
     )
         .into_response())
 }

@@ -137,6 +137,10 @@ CREATE TABLE IF NOT EXISTS tasks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
 CREATE INDEX IF NOT EXISTS tasks_tenant_status ON tasks (tenant, status);
+CREATE TABLE IF NOT EXISTS result_blobs (
+    task_id TEXT PRIMARY KEY,
+    bytes   BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS expired (
     task_id TEXT PRIMARY KEY,
     at      INTEGER NOT NULL
@@ -180,6 +184,14 @@ pub struct TaskStore {
     /// `normal` a killed process still loses nothing (the page cache
     /// survives it), only a power loss could.
     fsync: bool,
+    /// Results up to this size go into `tasks.db` (`result_blobs`).
+    inline_max: u64,
+}
+
+/// A stored result, to send.
+pub enum StoredResult {
+    Inline(Vec<u8>),
+    File(tokio::fs::File),
 }
 
 impl TaskStore {
@@ -201,7 +213,14 @@ impl TaskStore {
             db: Db::open(&path, sync, SCHEMA)?,
             results,
             fsync: sync == SyncMode::Full,
+            inline_max: 0,
         })
+    }
+
+    /// Keep results up to `max` bytes in `tasks.db` (0 = files only).
+    pub fn with_inline_results(mut self, max: u64) -> TaskStore {
+        self.inline_max = max;
+        self
     }
 
     pub async fn insert(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
@@ -319,9 +338,10 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Write a result file (atomically; fsynced with `sync: full`) where
+    /// Store a result: up to `inline_max` bytes as a row of `tasks.db`,
+    /// else a file (written atomically; fsynced with `sync: full`) where
     /// [`Self::result_path`] finds it. Rendering the same task twice writes
-    /// the same path, so a duplicate delivery leaves one file.
+    /// the same row or path, so a duplicate delivery leaves one result.
     pub async fn write_result(
         &self,
         tenant: &TenantId,
@@ -330,8 +350,25 @@ impl TaskStore {
         media_type: String,
         extension: String,
     ) -> Result<ResultMeta, StoreError> {
-        let path = self.result_path(tenant, id, &extension);
         let size = bytes.len() as u64;
+        if size <= self.inline_max {
+            let id = id.to_string();
+            self.db
+                .write_background(move |c| {
+                    c.prepare_cached(
+                        "INSERT OR REPLACE INTO result_blobs (task_id, bytes) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![id, bytes])?;
+                    Ok(())
+                })
+                .await?;
+            return Ok(ResultMeta {
+                size,
+                media_type,
+                extension,
+            });
+        }
+        let path = self.result_path(tenant, id, &extension);
         let write_path = path.clone();
         let fsync = self.fsync;
         tokio::task::spawn_blocking(move || write_file(&write_path, &bytes, fsync))
@@ -588,8 +625,10 @@ impl TaskStore {
                 let mut stmt = c.prepare_cached(
                     "INSERT OR IGNORE INTO expired (task_id, at) VALUES (?1, ?2)",
                 )?;
+                let mut blob = c.prepare_cached("DELETE FROM result_blobs WHERE task_id = ?1")?;
                 for (id, _, _) in &due {
                     stmt.execute(params![id, now])?;
+                    blob.execute([id])?;
                 }
                 Ok(())
             })
@@ -613,6 +652,32 @@ impl TaskStore {
                 .collect()
             })
             .await?)
+    }
+
+    /// The stored result of a task: its row in `tasks.db`, else its file.
+    pub async fn open_result(
+        &self,
+        tenant: &TenantId,
+        id: &TaskId,
+        extension: &str,
+    ) -> Result<StoredResult, StoreError> {
+        let key = id.to_string();
+        let inline: Option<Vec<u8>> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached("SELECT bytes FROM result_blobs WHERE task_id = ?1")?
+                    .query_row([&key], |r| r.get(0))
+                    .optional()
+            })
+            .await?;
+        if let Some(bytes) = inline {
+            return Ok(StoredResult::Inline(bytes));
+        }
+        let path = self.result_path(tenant, id, extension);
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => Ok(StoredResult::File(f)),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
     }
 
     pub fn result_path(&self, tenant: &TenantId, id: &TaskId, extension: &str) -> PathBuf {
@@ -743,6 +808,9 @@ fn new_round(c: &rusqlite::Connection, id: &str, round: u32) -> rusqlite::Result
          extension = NULL WHERE task_id = ?1",
     )?
     .execute(params![id, round])?;
+    // The last round's result, if it is kept inline, goes with it.
+    c.prepare_cached("DELETE FROM result_blobs WHERE task_id = ?1")?
+        .execute([id])?;
     Ok(())
 }
 
@@ -764,4 +832,64 @@ fn write_file(path: &Path, bytes: &[u8], fsync: bool) -> std::io::Result<()> {
     }
     drop(f);
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read(store: &TaskStore, id: &TaskId) -> (bool, Vec<u8>) {
+        match store
+            .open_result(&TenantId::default_tenant(), id, "txt")
+            .await
+            .unwrap()
+        {
+            StoredResult::Inline(b) => (true, b),
+            StoredResult::File(mut f) => {
+                use tokio::io::AsyncReadExt;
+                let mut b = Vec::new();
+                f.read_to_end(&mut b).await.unwrap();
+                (false, b)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn small_results_are_rows_larger_ones_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TaskStore::open(dir.path(), dir.path(), SyncMode::Normal)
+            .unwrap()
+            .with_inline_results(4);
+        let tenant = TenantId::default_tenant();
+        let (small, large) = (
+            TaskId::parse("small").unwrap(),
+            TaskId::parse("large").unwrap(),
+        );
+        for (id, bytes) in [(&small, b"abcd".to_vec()), (&large, b"abcde".to_vec())] {
+            // Twice, as a duplicate delivery does: one result stays.
+            for _ in 0..2 {
+                let meta = store
+                    .write_result(
+                        &tenant,
+                        id,
+                        bytes.clone(),
+                        "text/plain".into(),
+                        "txt".into(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(meta.size, bytes.len() as u64);
+            }
+        }
+        assert_eq!(read(&store, &small).await, (true, b"abcd".to_vec()));
+        assert!(!store.result_path(&tenant, &small, "txt").exists());
+        assert_eq!(read(&store, &large).await, (false, b"abcde".to_vec()));
+        // A new round (a replay) drops the old round's row.
+        store
+            .db
+            .write_background(|c| new_round(c, "small", 1))
+            .await
+            .unwrap();
+        assert!(store.open_result(&tenant, &small, "txt").await.is_err());
+    }
 }
