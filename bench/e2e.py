@@ -37,6 +37,8 @@ LUA = os.path.join(here, "wrk", "post.lua")
 CACHE = os.environ.get("E2E_PLUGIN_CACHE") or tempfile.mkdtemp(prefix="e2e-cache-")
 # worker.in_flight of every server started here ($BENCH_IN_FLIGHT, default 64).
 IN_FLIGHT = int(os.environ.get("BENCH_IN_FLIGHT", "64"))
+# storage.inline_result_max_bytes ($BENCH_INLINE_MAX; unset = the default).
+INLINE_MAX = os.environ.get("BENCH_INLINE_MAX")
 
 
 def call(base, method, path, body=None, raw=None, ctype="application/json"):
@@ -163,6 +165,7 @@ class Host:
             f.write(f'server:\n  listen: "127.0.0.1:0"\n  role: {role}\n  instance_id: "{instance}"\n'
                     f'storage:\n  data_dir: "{work}/data"\n'
                     + (f'  shared_dir: "{shared_dir}"\n' if shared_dir else "")
+                    + (f'  inline_result_max_bytes: {int(INLINE_MAX)}\n' if INLINE_MAX else "")
                     + f'plugins:\n  dir: "{plugins}"\n  watch: false\n  font_dirs: []\n'
                     f'  cache_dir: "{CACHE}"\n'
                     f'queue:\n  backend: {backend}\nworker:\n  concurrency: {concurrency}\n'

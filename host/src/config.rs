@@ -309,8 +309,10 @@ pub struct StorageConfig {
     /// Results up to this size are kept in `tasks.db` (committed with the
     /// task's other bookkeeping) rather than one file each: a file per
     /// result costs an inode allocation, the top of the no-op profile.
-    /// Only with `server.role: all` (split roles share results as files).
-    /// 0 = always files.
+    /// Larger rows would slow the API's own commits in the same database
+    /// (bench/LIMITS.md: 64 KiB put DOCX letters inline and doubled the
+    /// submit p99). Only with `server.role: all` (split roles share results
+    /// as files). 0 = always files.
     pub inline_result_max_bytes: u64,
 }
 
@@ -319,7 +321,7 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("data"),
             shared_dir: None,
-            inline_result_max_bytes: 64 * 1024,
+            inline_result_max_bytes: 16 * 1024,
         }
     }
 }
