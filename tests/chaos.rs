@@ -1087,7 +1087,6 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
 
 // ---------------------------------------------------------------- shutdown and start-up
 
-/// Poll a task's status document until `pred` holds (30 s at most).
 /// One render slot and a slow render holding it: deliveries leased behind
 /// it wait for the slot. Killing the process then costs them no attempt
 /// (an attempt is a render begun), while the slow task's renders count.
@@ -1153,6 +1152,7 @@ async fn deliveries_killed_while_waiting_for_a_render_slot_use_no_attempt() {
     }
 }
 
+/// Poll a task's status document until `pred` holds (30 s at most).
 async fn wait_status(s: &TestServer, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -434,10 +434,15 @@ async fn rocketmq_replay_with_api_and_worker_processes_apart() {
     );
     let shared = tempfile::tempdir().expect("shared dir");
     let yaml = |role: &str, instance: &str| {
-        format!(
-            "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n  max_reconsume_times: 1\nserver:\n  role: {role}\n  instance_id: {instance}\nstorage:\n  shared_dir: \"{}\"\n",
-            broker.name_server,
-            shared.path().display()
+        broker::split_roles_yaml(
+            &broker.name_server,
+            &topic,
+            &group,
+            role,
+            instance,
+            shared.path(),
+            "  max_reconsume_times: 1\n",
+            "",
         )
     };
     let api = TestServer::start(&[], &yaml("api", "api-1")).await;

@@ -10,18 +10,11 @@
 mod broker;
 mod common;
 
-use broker::{Broker, unique};
+use broker::{Broker, rocketmq_yaml, split_roles_yaml, unique};
 use common::TestServer;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-
-/// Extra YAML for a server on `broker` with the given names.
-fn rocketmq_yaml(name_server: &str, topic: &str, group: &str, more: &str) -> String {
-    format!(
-        "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{name_server}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n{more}"
-    )
-}
 
 fn ids_of(body: &Value) -> Vec<String> {
     body["data"]["task_ids"]
@@ -444,14 +437,15 @@ async fn api_and_worker_processes_cooperate() {
     let (topic, group) = (unique("roles"), unique("roles_consumer"));
     let shared = tempfile::tempdir().expect("shared dir");
     let yaml = |role: &str, instance: &str| {
-        rocketmq_yaml(
+        split_roles_yaml(
             &broker.name_server,
             &topic,
             &group,
-            &format!(
-                "  max_reconsume_times: 3\nserver:\n  role: {role}\n  instance_id: {instance}\nstorage:\n  shared_dir: \"{}\"\n",
-                shared.path().display()
-            ),
+            role,
+            instance,
+            shared.path(),
+            "  max_reconsume_times: 3\n",
+            "",
         )
     };
     let api = TestServer::start(&["text", "chaos"], &yaml("api", "api-1")).await;
@@ -578,14 +572,15 @@ async fn a_broker_outage_during_a_render_neither_loses_nor_re_renders_the_task()
     let (topic, group) = (unique("outage"), unique("outage_consumer"));
     let shared = tempfile::tempdir().expect("shared dir");
     let yaml = |role: &str| {
-        rocketmq_yaml(
+        split_roles_yaml(
             &broker.name_server,
             &topic,
             &group,
-            &format!(
-                "  max_reconsume_times: 3\nserver:\n  role: {role}\n  instance_id: {role}-1\nstorage:\n  shared_dir: \"{}\"\nlimits:\n  timeout_ms: 3000\nworker:\n  concurrency: 2\n",
-                shared.path().display()
-            ),
+            role,
+            &format!("{role}-1"),
+            shared.path(),
+            "  max_reconsume_times: 3\n",
+            "limits:\n  timeout_ms: 3000\nworker:\n  concurrency: 2\n",
         )
     };
     let api = TestServer::start(&["chaos"], &yaml("api")).await;

@@ -7,7 +7,7 @@
 mod broker;
 mod common;
 
-use broker::{Broker, unique};
+use broker::{Broker, rocketmq_yaml, split_roles_yaml, unique};
 use common::TestServer;
 use common::shapes::{
     assert_health_shape, assert_lag_shape, assert_metrics_shape, assert_status_shape, keys, set,
@@ -15,12 +15,6 @@ use common::shapes::{
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-
-fn rocketmq_yaml(name_server: &str, topic: &str, group: &str, more: &str) -> String {
-    format!(
-        "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{name_server}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n{more}"
-    )
-}
 
 /// Queue ids of both lanes' 4-queue topics: `"0"`…`"3"` (`<topic>`) and
 /// `"high-0"`…`"high-3"` (`<topic>_HIGH`).
@@ -256,14 +250,15 @@ async fn lag_grows_without_a_consumer_and_drains_after_restart() {
     let (topic, group) = (unique("lag"), unique("lag_consumer"));
     let shared = tempfile::tempdir().expect("shared dir");
     let yaml = |role: &str| {
-        rocketmq_yaml(
+        split_roles_yaml(
             &broker.name_server,
             &topic,
             &group,
-            &format!(
-                "  queue_by_tenant: false\nserver:\n  role: {role}\n  instance_id: lag-{role}\nstorage:\n  shared_dir: \"{}\"\nworker:\n  concurrency: 4\n",
-                shared.path().display()
-            ),
+            role,
+            &format!("lag-{role}"),
+            shared.path(),
+            "  queue_by_tenant: false\n",
+            "worker:\n  concurrency: 4\n",
         )
     };
     let api = TestServer::start(&["text"], &yaml("api")).await;

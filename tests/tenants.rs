@@ -654,10 +654,11 @@ async fn a_flooding_tenant_does_not_delay_another_tenants_task_on_rocketmq() {
     let (topic, group) = (broker::unique("fair"), broker::unique("fair_consumer"));
     let s = TestServer::start(
         &["chaos"],
-        &format!(
-            "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n{}worker:\n  concurrency: 2\n",
-            broker.name_server,
-            flood_auth_yaml()
+        &broker::rocketmq_yaml(
+            &broker.name_server,
+            &topic,
+            &group,
+            &format!("{}worker:\n  concurrency: 2\n", flood_auth_yaml()),
         ),
     )
     .await;

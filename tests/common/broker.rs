@@ -375,3 +375,38 @@ pub fn unique(prefix: &str) -> String {
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Config YAML for a server on the broker at `name_server` with these
+/// topic and group names; `more` goes on inside the `rocketmq:` block (or
+/// starts blocks of its own).
+pub fn rocketmq_yaml(name_server: &str, topic: &str, group: &str, more: &str) -> String {
+    format!(
+        "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{name_server}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n{more}"
+    )
+}
+
+/// [`rocketmq_yaml`] for one process of split roles: `server.role`,
+/// `server.instance_id` and `storage.shared_dir` (shared by every process
+/// of the test), after `rocketmq_more` in the `rocketmq:` block and before
+/// `more`.
+#[allow(clippy::too_many_arguments)]
+pub fn split_roles_yaml(
+    name_server: &str,
+    topic: &str,
+    group: &str,
+    role: &str,
+    instance: &str,
+    shared: &Path,
+    rocketmq_more: &str,
+    more: &str,
+) -> String {
+    rocketmq_yaml(
+        name_server,
+        topic,
+        group,
+        &format!(
+            "{rocketmq_more}server:\n  role: {role}\n  instance_id: {instance}\nstorage:\n  shared_dir: \"{}\"\n{more}",
+            shared.display()
+        ),
+    )
+}
