@@ -207,6 +207,13 @@ impl TaskStore {
             path: results.clone(),
             source,
         })?;
+        // Temporary files left by a process killed during a result write.
+        {
+            let results = results.clone();
+            let _ = std::thread::Builder::new()
+                .name("result-tmp-sweep".into())
+                .spawn(move || sweep_temp_files(&results, TEMP_FILE_AGE));
+        }
         let path = data_dir.join("tasks.db");
         add_missing_columns(&path, "tasks", &[("round", "INTEGER NOT NULL DEFAULT 0")])?;
         Ok(TaskStore {
@@ -820,6 +827,40 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
 }
 
 /// Write to a temporary file, optionally fsync, rename over `path`.
+/// A temporary result file older than this is a leftover (a write takes
+/// milliseconds; other processes sharing `shared_dir` may be writing).
+const TEMP_FILE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Delete the temporary files (`<task>.tmp-<uuid>`, see [`write_file`])
+/// older than `age` under `results/<tenant>/`; returns how many.
+fn sweep_temp_files(results: &Path, age: std::time::Duration) -> usize {
+    let mut removed = 0;
+    let Ok(tenants) = std::fs::read_dir(results) else {
+        return 0;
+    };
+    for tenant in tenants.flatten() {
+        let Ok(files) = std::fs::read_dir(tenant.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let stale = f.file_name().to_string_lossy().contains(".tmp-")
+                && f.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= age));
+            if stale && std::fs::remove_file(f.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed temporary result files left by a killed process"
+        );
+    }
+    removed
+}
+
 fn write_file(path: &Path, bytes: &[u8], fsync: bool) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -852,6 +893,31 @@ mod tests {
                 (false, b)
             }
         }
+    }
+
+    #[test]
+    fn only_stale_temporary_result_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = dir.path().join("acme");
+        std::fs::create_dir_all(&tenant).unwrap();
+        let stale = tenant.join("t1.tmp-0123");
+        let fresh = tenant.join("t2.tmp-4567");
+        let result = tenant.join("t3.txt");
+        for p in [&stale, &fresh, &result] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in [&stale, &result] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        assert_eq!(sweep_temp_files(dir.path(), TEMP_FILE_AGE), 1);
+        assert!(!stale.exists());
+        assert!(fresh.exists() && result.exists());
     }
 
     #[tokio::test]
