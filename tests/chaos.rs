@@ -443,6 +443,42 @@ fn lines_about(report: &Report, logs: &[(&str, String)]) -> String {
     out
 }
 
+/// The tasks the reconciliation of the API process(es) in `api_logs`
+/// published again, and every line of `logs` naming the first three of them
+/// (at most 60), to tell which layer lost their message.
+fn republished(api_logs: &str, logs: &[(&str, String)]) -> (Vec<String>, String) {
+    let mut ids: Vec<String> = Vec::new();
+    for line in api_logs
+        .lines()
+        .filter(|l| l.contains("publishing it again"))
+    {
+        if let Some(rest) = line.split("task_id=").nth(1) {
+            let id: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            if !id.is_empty() && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    let mut out = String::new();
+    let first: Vec<&String> = ids.iter().take(3).collect();
+    let mut n = 0;
+    for (name, text) in logs {
+        for line in text
+            .lines()
+            .filter(|l| first.iter().any(|id| l.contains(id.as_str())))
+        {
+            if n < 60 {
+                out.push_str(&format!("  [{name}] {line}\n"));
+            }
+            n += 1;
+        }
+    }
+    (ids, out)
+}
+
 /// Renders so far by the process (the render-duration histogram's count).
 async fn renders(http: &reqwest::Client, base: &str) -> Option<u64> {
     let text = http
@@ -502,6 +538,10 @@ struct Report {
     by_kind: BTreeMap<String, usize>,
     resumes: Vec<String>,
     not_resumed: Vec<String>,
+    /// Tasks the API process's reconciliation published again (their
+    /// message looked lost), with the log lines naming the first few.
+    republished: Vec<String>,
+    republished_lines: String,
     chaos_secs: f64,
     /// Accepted before the last chaos action was over.
     accepted_in_chaos: usize,
@@ -552,6 +592,12 @@ impl Report {
                 self.resumes.join("; ")
             ));
         }
+        s.push_str(&format!(
+            "published again by reconciliation: {} {:?}\n{}",
+            self.republished.len(),
+            self.republished.iter().take(20).collect::<Vec<_>>(),
+            self.republished_lines
+        ));
         s.push_str(&format!(
             "chaos phase {:.0} s ({} tasks accepted by its end, the rest after), drain {:.0} s\n",
             self.chaos_secs, self.accepted_in_chaos, self.drain_secs
@@ -800,7 +846,7 @@ async fn put_templates(base: &str) {
 
 /// Shared settings of every process: short render timeout (the `loop`
 /// tasks), few attempts, quick retries, a grace period for SIGTERM.
-const COMMON_YAML: &str = "limits:\n  timeout_ms: 500\nworker:\n  concurrency: 2\nqueue:\n  embedded:\n    retry_backoff_ms: 200\n    retry_backoff_max_ms: 1000\n";
+const COMMON_YAML: &str = "limits:\n  timeout_ms: 500\nworker:\n  concurrency: 2\nqueue:\n  embedded:\n    retry_backoff_ms: 200\n    retry_backoff_max_ms: 1000\n  reconcile:\n    interval_ms: 1000\n    stall_s: 20\n";
 const GRACE_MS: u64 = 3000;
 
 fn pace(plan: &Plan, chaos: Duration) -> Duration {
@@ -890,6 +936,11 @@ async fn embedded_backend_survives_kill9() {
         "only {} accepted",
         report.accepted
     );
+    {
+        let all = proc.all_logs();
+        (report.republished, report.republished_lines) =
+            republished(&all, &[("host", all.clone())]);
+    }
     report.assert_ok(|| {
         let all = proc.all_logs();
         format!(
@@ -921,8 +972,9 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
     let shared = tempfile::tempdir().expect("shared dir");
     let yaml = |role: &str| {
         format!(
-            "{COMMON_YAML}server:\n  role: {role}\n  instance_id: chaos-api\n  shutdown_grace_ms: {GRACE_MS}\nstorage:\n  shared_dir: \"{shared}\"\nrocketmq:\n  enabled: true\n  name_server: \"{ns}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n  max_reconsume_times: 3\n  send_timeout: 2000\n  retry_times: 1\n",
+            "{COMMON_YAML}server:\n  role: {role}\n  instance_id: chaos-api\n  shutdown_grace_ms: {GRACE_MS}\nstorage:\n  shared_dir: \"{shared}\"\nrocketmq:\n  enabled: true\n  name_server: \"{ns}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n  max_reconsume_times: 3\n  send_timeout: 2000\n  retry_times: 1\n  broker_delay_levels: \"{levels}\"\n",
             shared = shared.path().display(),
+            levels = ["1s"; 18].join(" "),
             ns = broker.name_server,
         )
     };
@@ -1066,6 +1118,13 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
         "only {} accepted",
         report.accepted
     );
+    {
+        let mut named = vec![("api", api.all_logs())];
+        for (i, w) in workers.iter().enumerate() {
+            named.push((["worker-1", "worker-2", "worker-n"][i.min(2)], w.all_logs()));
+        }
+        (report.republished, report.republished_lines) = republished(&named[0].1, &named);
+    }
     report.assert_ok(|| {
         let mut named = vec![("api", api.all_logs())];
         for (i, w) in workers.iter().enumerate() {

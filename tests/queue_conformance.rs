@@ -457,6 +457,207 @@ async fn replay_runs_a_dead_message_once_more(q: Arc<dyn TaskQueue>) {
     assert_eq!(stats.dead, 1, "only the other one is dead: {stats:?}");
 }
 
+/// Reconciliation: a message that the queue loses after accepting it (here
+/// a consumer acknowledges it without handling it, once for a first
+/// delivery and once for a retry) is published again from the task store
+/// that accepted the task, delivered as the attempt the lost message would
+/// have been, and the task finishes. A task whose message is merely in the
+/// queue is not published again.
+async fn a_lost_message_is_published_again_and_the_task_finishes(q: Arc<dyn TaskQueue>) {
+    use export_host::config::SyncMode;
+    use export_host::reconcile::{Policy, Reconciler};
+    use export_host::status::{EventKind, TaskEvent};
+    use export_host::store::{NewTask, ResultMeta, TaskError, TaskStatus, TaskStore};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = TaskStore::open(dir.path(), dir.path(), SyncMode::Normal).expect("store");
+    let (fresh, retried) = (message(0), message(0));
+    let tasks = [&fresh, &retried]
+        .iter()
+        .map(|m| NewTask {
+            task_id: m.task_id.clone(),
+            tenant: m.tenant.clone(),
+            template_id: m.template_id.to_string(),
+            output_format: m.output_format.clone(),
+            priority: m.priority,
+            created_at: m.created_at,
+            message: m.to_bytes(),
+        })
+        .collect();
+    store.insert(tasks).await.expect("insert");
+    q.publish(vec![fresh.clone(), retried.clone()])
+        .await
+        .expect("publish");
+
+    let telemetry = Arc::new(export_host::telemetry::Telemetry::new(Duration::from_secs(
+        60,
+    )));
+    let reconciler = Reconciler {
+        store: store.clone(),
+        queue: q.clone(),
+        policy: Policy {
+            stall: Duration::from_millis(500),
+            retry_delays: vec![Duration::ZERO; MAX_ATTEMPTS as usize],
+            batch: 100,
+        },
+        telemetry,
+    };
+    // Not yet: both were accepted less than the stall time ago.
+    assert_eq!(reconciler.pass().await.expect("pass"), Vec::<String>::new());
+
+    // A consumer that loses both: it acknowledges them unhandled. For
+    // `retried` the store was told attempt 1 failed transiently (its retry
+    // is what got lost).
+    let lossy = Recorder::new(|_| Disposition::Ack);
+    q.start_consuming(lossy.clone(), 2).await.expect("start");
+    lossy.wait_for(2, Duration::from_secs(30)).await;
+    q.stop_consuming().await;
+    let transient = TaskEvent::new(
+        &retried,
+        1,
+        EventKind::Failed {
+            status: TaskStatus::Queued,
+            error: TaskError {
+                class: "internal".into(),
+                message: "flaky".into(),
+                retryable: true,
+            },
+        },
+    );
+    store.apply(vec![transient]).await.expect("apply");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut republished = Vec::new();
+    while republished.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "not published again within 60 s: {republished:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        republished.extend(reconciler.pass().await.expect("pass"));
+    }
+    republished.sort();
+    let mut want = vec![fresh.task_id.to_string(), retried.task_id.to_string()];
+    want.sort();
+    assert_eq!(republished, want);
+    // Touched by the republish: not sent a second time right away.
+    assert_eq!(reconciler.pass().await.expect("pass"), Vec::<String>::new());
+
+    // The real worker gets them, as attempt 1 and 2, and records success.
+    struct Succeeding(TaskStore, Mutex<Vec<(String, u32)>>);
+    #[async_trait]
+    impl TaskHandler for Succeeding {
+        async fn handle(&self, d: Delivery) -> Disposition {
+            self.1
+                .lock()
+                .expect("lock")
+                .push((d.message.task_id.to_string(), d.attempt));
+            let done = TaskEvent::new(
+                &d.message,
+                d.attempt,
+                EventKind::Succeeded {
+                    result: ResultMeta {
+                        size: 1,
+                        media_type: "text/plain".into(),
+                        extension: "txt".into(),
+                    },
+                },
+            );
+            match self.0.apply(vec![done]).await {
+                Ok(()) => Disposition::Ack,
+                Err(e) => Disposition::Retry {
+                    reason: e.to_string(),
+                },
+            }
+        }
+    }
+    let worker = Arc::new(Succeeding(store.clone(), Mutex::default()));
+    q.start_consuming(worker.clone(), 2).await.expect("start");
+    let tenant = TenantId::default_tenant();
+    for (m, attempt) in [(&fresh, 1), (&retried, 2)] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rec = store
+                .get(&tenant, &m.task_id)
+                .await
+                .expect("get")
+                .expect("known");
+            if rec.status == TaskStatus::Succeeded {
+                assert_eq!(rec.attempts, attempt, "{rec:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task never finished: {rec:?}, deliveries {:?}",
+                worker.1.lock().expect("lock")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.stop_consuming().await;
+    let mut seen = worker.1.lock().expect("lock").clone();
+    seen.sort();
+    let mut want = vec![
+        (fresh.task_id.to_string(), 1),
+        (retried.task_id.to_string(), 2),
+    ];
+    want.sort();
+    assert_eq!(seen, want, "each delivered once, as the attempt it was at");
+    // Finished tasks are never published again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(reconciler.pass().await.expect("pass"), Vec::<String>::new());
+}
+
+/// Reconciliation leaves alone a task whose message is waiting in the
+/// queue, as long as its expected time has not passed several times over
+/// (a backlog is no loss).
+async fn a_waiting_message_is_not_published_again(q: Arc<dyn TaskQueue>) {
+    use export_host::config::SyncMode;
+    use export_host::reconcile::{BACKLOG_PATIENCE, Policy, Reconciler};
+    use export_host::store::{NewTask, TaskStore};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = TaskStore::open(dir.path(), dir.path(), SyncMode::Normal).expect("store");
+    let m = message(0);
+    store
+        .insert(vec![NewTask {
+            task_id: m.task_id.clone(),
+            tenant: m.tenant.clone(),
+            template_id: m.template_id.to_string(),
+            output_format: m.output_format.clone(),
+            priority: m.priority,
+            created_at: m.created_at,
+            message: m.to_bytes(),
+        }])
+        .await
+        .expect("insert");
+    q.publish(vec![m.clone()]).await.expect("publish");
+    let stall = Duration::from_millis(300);
+    let reconciler = Reconciler {
+        store,
+        queue: q.clone(),
+        policy: Policy {
+            stall,
+            retry_delays: vec![Duration::ZERO],
+            batch: 100,
+        },
+        telemetry: Arc::new(export_host::telemetry::Telemetry::new(Duration::from_secs(
+            60,
+        ))),
+    };
+    // Past its expected time, but within the patience for a backlog.
+    assert!(2 < BACKLOG_PATIENCE);
+    tokio::time::sleep(stall * 2).await;
+    assert_eq!(reconciler.pass().await.expect("pass"), Vec::<String>::new());
+    // The queue still delivers it, once.
+    let h = Recorder::new(|_| Disposition::Ack);
+    q.start_consuming(h.clone(), 2).await.expect("start");
+    let seen = h.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(seen[0].0, m.task_id.to_string());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.stop_consuming().await;
+    assert_eq!(h.seen().len(), 1);
+}
+
 /// Runs every check, each on a fresh queue from `make`.
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
@@ -494,6 +695,14 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread")]
             async fn replay_runs_a_dead_message_once_more() {
                 super::replay_runs_a_dead_message_once_more($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_lost_message_is_published_again_and_the_task_finishes() {
+                super::a_lost_message_is_published_again_and_the_task_finishes($make.await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_waiting_message_is_not_published_again() {
+                super::a_waiting_message_is_not_published_again($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn second_consumer_is_refused() {

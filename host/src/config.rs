@@ -266,6 +266,34 @@ pub struct QueueConfig {
     /// `embedded` or `rocketmq`. When absent it follows `rocketmq.enabled`.
     pub backend: Option<Backend>,
     pub embedded: EmbeddedQueueConfig,
+    pub reconcile: ReconcileConfig,
+}
+
+/// Reconciliation ([`crate::reconcile`]): an open task that shows no
+/// progress for longer than it should is published again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    pub enabled: bool,
+    /// How often the task store is scanned.
+    pub interval_ms: u64,
+    /// Seconds without progress (beyond the task's retry delay) after
+    /// which a task counts as lost. Unset: `rocketmq.consume_timeout`
+    /// plus one minute (a render never takes longer than that).
+    pub stall_s: Option<u64>,
+    /// Most tasks published again per scan.
+    pub batch: usize,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            enabled: true,
+            interval_ms: 5000,
+            stall_s: None,
+            batch: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -483,10 +511,74 @@ pub struct RocketMqConfig {
     pub max_reconsume_times: u32,
     /// Milliseconds.
     pub suspend_current_queue_time: u64,
+    /// The broker's `messageDelayLevel` (the same string as in its
+    /// broker.conf; this is Apache RocketMQ's default): what a retry's delay
+    /// level means in time. The host cannot ask the broker, so it is
+    /// stated here; it times reconciliation and `config check` prints the
+    /// retry schedule from it.
+    pub broker_delay_levels: String,
+    /// Delay level of the first retry; each further retry goes one level
+    /// up (RocketMQ's own rule is level 3 + reconsumes, i.e. 10 s, 30 s,
+    /// 1 min, … 2 h: 16 retries take 4 h 45 min).
+    pub retry_delay_level: u32,
+    /// Highest delay level a retry uses (the cap of the schedule).
+    pub retry_max_delay_level: u32,
     pub access_key: Option<String>,
     pub secret_key: Option<String>,
     pub security_token: Option<String>,
     pub namespace: Option<String>,
+}
+
+/// Apache RocketMQ's default `messageDelayLevel`.
+pub const DEFAULT_DELAY_LEVELS: &str = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h";
+
+/// One `messageDelayLevel` entry (`500ms`, `10s`, `2m`, `1h`, `1d`).
+fn parse_delay(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => return None,
+    })
+}
+
+impl RocketMqConfig {
+    /// The broker's delay levels, in time (level 1 first).
+    pub fn delay_levels(&self) -> Vec<Duration> {
+        self.broker_delay_levels
+            .split_whitespace()
+            .filter_map(parse_delay)
+            .collect()
+    }
+
+    /// The delay level the consumer asks for when a delivery that was
+    /// re-consumed `reconsumes` times so far fails transiently.
+    pub fn delay_level(&self, reconsumes: u32) -> u32 {
+        self.retry_delay_level
+            .saturating_add(reconsumes)
+            .min(self.retry_max_delay_level)
+    }
+
+    /// What delay level `level` means in time (0 if the broker has no
+    /// such level).
+    pub fn level_delay(&self, level: u32) -> Duration {
+        self.delay_levels()
+            .get(level.saturating_sub(1) as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The delays before each of the `max_reconsume_times` retries.
+    pub fn retry_schedule(&self) -> Vec<Duration> {
+        (0..self.max_reconsume_times)
+            .map(|n| self.level_delay(self.delay_level(n)))
+            .collect()
+    }
 }
 
 impl Default for RocketMqConfig {
@@ -511,6 +603,9 @@ impl Default for RocketMqConfig {
             consume_timeout: 15,
             max_reconsume_times: 16,
             suspend_current_queue_time: 1000,
+            broker_delay_levels: DEFAULT_DELAY_LEVELS.into(),
+            retry_delay_level: 3,
+            retry_max_delay_level: 18,
             access_key: None,
             secret_key: None,
             security_token: None,
@@ -599,6 +694,21 @@ impl Config {
             return Err(invalid(
                 "queue.embedded.retry_backoff_max_ms",
                 "must be >= retry_backoff_ms",
+            ));
+        }
+        let rc = &self.queue.reconcile;
+        if rc.interval_ms == 0 {
+            return Err(invalid("queue.reconcile.interval_ms", "must be > 0"));
+        }
+        if rc.batch == 0 {
+            return Err(invalid("queue.reconcile.batch", "must be > 0"));
+        }
+        if let Some(stall) = rc.stall_s
+            && stall.saturating_mul(1000) <= self.limits.timeout_ms
+        {
+            return Err(invalid(
+                "queue.reconcile.stall_s",
+                "must be longer than limits.timeout_ms (a render in progress is not a lost task)",
             ));
         }
         let l = &self.limits;
@@ -699,6 +809,27 @@ impl Config {
         if r.consume_timeout == 0 {
             return Err(invalid("rocketmq.consume_timeout", "must be > 0 (minutes)"));
         }
+        let levels = r.broker_delay_levels.split_whitespace().count();
+        if levels == 0 || r.delay_levels().len() != levels {
+            return Err(invalid(
+                "rocketmq.broker_delay_levels",
+                "must be the broker's messageDelayLevel: durations like `1s 5s 10s 30s 1m … 2h` (units ms, s, m, h, d)",
+            ));
+        }
+        if r.retry_delay_level == 0 || r.retry_delay_level as usize > levels {
+            return Err(invalid(
+                "rocketmq.retry_delay_level",
+                &format!("must be a level of broker_delay_levels (1..={levels})"),
+            ));
+        }
+        if r.retry_max_delay_level < r.retry_delay_level
+            || r.retry_max_delay_level as usize > levels
+        {
+            return Err(invalid(
+                "rocketmq.retry_max_delay_level",
+                &format!("must be in retry_delay_level..={levels}"),
+            ));
+        }
         if r.access_key.is_some() != r.secret_key.is_some() {
             return Err(invalid(
                 "rocketmq.secret_key",
@@ -762,6 +893,37 @@ impl Config {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.limits.timeout_ms)
+    }
+
+    /// How long an open task may show no progress before reconciliation
+    /// publishes it again (beyond its retry delay).
+    pub fn reconcile_stall(&self) -> Duration {
+        match self.queue.reconcile.stall_s {
+            Some(s) => Duration::from_secs(s),
+            None => Duration::from_secs(self.rocketmq.consume_timeout * 60 + 60),
+        }
+    }
+
+    /// The delay before the re-delivery that follows a transient failure
+    /// of attempt `attempt` (1-based), as the backend schedules it:
+    /// doubling backoff on the embedded queue; on RocketMQ the broker's
+    /// delay level for that reconsume ([`RocketMqConfig::delay_level`]).
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        match self.backend() {
+            Backend::Embedded => {
+                let e = &self.queue.embedded;
+                let shift = attempt.saturating_sub(1).min(30);
+                Duration::from_millis(
+                    e.retry_backoff_ms
+                        .saturating_mul(1u64 << shift)
+                        .min(e.retry_backoff_max_ms),
+                )
+            }
+            Backend::Rocketmq => {
+                let r = &self.rocketmq;
+                r.level_delay(r.delay_level(attempt.saturating_sub(1)))
+            }
+        }
     }
 
     /// The effective config as YAML with secrets redacted.

@@ -54,8 +54,48 @@ pub fn report(path: &Path, config: &Config) -> String {
         config.max_attempts(),
         config.plugin_cache_dir().display(),
     );
+    out.push_str(&format!("# retry schedule: {}\n", retry_schedule(config)));
     out.push_str(&redacted_yaml(config));
     out
+}
+
+/// The delays before each retry and their total, e.g. `10s 30s 1m … (4h 36m
+/// in all before the dead-letter queue)`.
+pub fn retry_schedule(config: &Config) -> String {
+    let delays: Vec<std::time::Duration> = (1..config.max_attempts())
+        .map(|a| config.retry_delay(a))
+        .collect();
+    if delays.is_empty() {
+        return "no retries (max_reconsume_times: 0)".into();
+    }
+    let total: std::time::Duration = delays.iter().sum();
+    format!(
+        "{} retries after {} ({} in all before the dead-letter queue)",
+        delays.len(),
+        delays
+            .iter()
+            .map(|d| human(*d))
+            .collect::<Vec<_>>()
+            .join(" "),
+        human(total)
+    )
+}
+
+fn human(d: std::time::Duration) -> String {
+    let ms = d.as_millis() as u64;
+    let s = ms / 1000;
+    match () {
+        _ if ms < 1000 => format!("{ms}ms"),
+        _ if s < 60 => format!("{s}s"),
+        _ if s < 3600 => match s % 60 {
+            0 => format!("{}m", s / 60),
+            r => format!("{}m{r}s", s / 60),
+        },
+        _ => match (s % 3600) / 60 {
+            0 => format!("{}h", s / 3600),
+            m => format!("{}h{m}m", s / 3600),
+        },
+    }
 }
 
 /// The config as YAML with the value of every secret key (at any depth)
@@ -119,6 +159,62 @@ mod tests {
         assert!(y.contains("topic: export_tasks"), "{y}");
         // The redacted YAML is still a config the loader accepts.
         let _: Config = serde_yaml::from_str(&y).expect("round trip");
+    }
+
+    #[test]
+    fn the_retry_schedule_is_the_brokers_delay_levels() {
+        let rocketmq = |more: &str| {
+            Config::parse(
+                &format!("rocketmq:\n  enabled: true\n{more}"),
+                Path::new("t.yaml"),
+            )
+            .expect("valid")
+        };
+        // Apache RocketMQ's defaults: level 3 (10 s) onwards, 16 retries.
+        let s = retry_schedule(&rocketmq(""));
+        assert_eq!(
+            s,
+            "16 retries after 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h (4h45m in all before the dead-letter queue)"
+        );
+        // A first level and a cap.
+        let s = retry_schedule(&rocketmq(
+            "  max_reconsume_times: 5\n  retry_delay_level: 2\n  retry_max_delay_level: 4\n",
+        ));
+        assert_eq!(
+            s,
+            "5 retries after 5s 10s 30s 30s 30s (1m45s in all before the dead-letter queue)"
+        );
+        // The embedded queue: doubling backoff up to its cap.
+        let c = Config::parse(
+            "rocketmq:\n  max_reconsume_times: 4\nqueue:\n  embedded:\n    retry_backoff_ms: 1000\n    retry_backoff_max_ms: 5000\n",
+            Path::new("t.yaml"),
+        )
+        .expect("valid");
+        assert_eq!(
+            retry_schedule(&c),
+            "4 retries after 1s 2s 4s 5s (12s in all before the dead-letter queue)"
+        );
+        assert!(report(Path::new("t.yaml"), &c).contains("# retry schedule: 4 retries"));
+    }
+
+    #[test]
+    fn a_bad_delay_level_names_its_key() {
+        for (yaml, key) in [
+            (
+                "  broker_delay_levels: \"1s 5x\"\n",
+                "rocketmq.broker_delay_levels",
+            ),
+            ("  retry_delay_level: 19\n", "rocketmq.retry_delay_level"),
+            (
+                "  retry_max_delay_level: 2\n",
+                "rocketmq.retry_max_delay_level",
+            ),
+        ] {
+            let e = Config::parse(&format!("rocketmq:\n{yaml}"), Path::new("t.yaml"))
+                .expect_err(yaml)
+                .to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //!   direct in one process, over the RocketMQ status topic between roles.
 //! * [`plugin`] — the wasmtime sandbox: loading and hot reload, limits,
 //!   fault classes, fonts, captured stdio.
+//! * [`reconcile`] — the task store's check on the queue: an accepted task
+//!   that shows no progress for too long is published again.
 //! * [`store`] — task records, result files and template bundles.
 //! * [`db`] — SQLite with a group-committing writer thread (shared by the
 //!   embedded queue and the task store).
@@ -47,6 +49,7 @@ pub mod ids;
 pub mod plugin;
 pub mod queue;
 pub mod quota;
+pub mod reconcile;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -184,6 +184,18 @@ impl Server {
         };
         if role.runs_api() {
             spawn_retention(state.store.clone(), state.config.clone());
+            if state.config.queue.reconcile.enabled {
+                crate::reconcile::Reconciler {
+                    store: state.store.clone(),
+                    queue: state.queue.clone(),
+                    policy: crate::reconcile::Policy::from_config(&state.config),
+                    telemetry: state.telemetry.clone(),
+                }
+                .spawn(
+                    std::time::Duration::from_millis(state.config.queue.reconcile.interval_ms),
+                    shutdown.clone(),
+                );
+            }
         }
         let mut app = api::router(state.clone());
         if !role.runs_api() {

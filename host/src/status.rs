@@ -330,6 +330,18 @@ impl TaskQueue for Announcing {
         self.inner.replay_dead(task_ids).await
     }
 
+    /// Not announced again: every API process knows these tasks already.
+    async fn republish(&self, batch: Vec<crate::queue::Republished>) -> Result<(), QueueError> {
+        self.inner.republish(batch).await
+    }
+
+    async fn holds(
+        &self,
+        task_ids: Vec<String>,
+    ) -> Result<Option<std::collections::HashSet<String>>, QueueError> {
+        self.inner.holds(task_ids).await
+    }
+
     async fn set_in_flight_limits(
         &self,
         limits: std::collections::HashMap<String, u32>,

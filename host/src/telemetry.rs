@@ -227,6 +227,13 @@ impl Telemetry {
         self.with_bucket(|b| b.send_errors += n as u64);
     }
 
+    /// `n` tasks published again by reconciliation; `status` is what the
+    /// store had them as (`queued` or `running`).
+    pub fn republished(&self, n: usize, status: &str) {
+        counter!("export_tasks_republished_total", "status" => status.to_string())
+            .increment(n as u64);
+    }
+
     /// One delivery handled. `status`: succeeded, failed, dead or retry.
     pub fn delivered(
         &self,

@@ -393,17 +393,9 @@ async fn accept(
     let mut messages = Vec::with_capacity(data_list.len());
     for data in data_list {
         let task_id = TaskId::generate();
-        tasks.push(NewTask {
-            task_id: task_id.clone(),
-            tenant: tenant.clone(),
-            template_id: template_id.to_string(),
-            output_format: format.name.clone(),
-            priority,
-            created_at,
-        });
-        messages.push(TaskMessage {
+        let message = TaskMessage {
             v: MESSAGE_VERSION,
-            task_id,
+            task_id: task_id.clone(),
             tenant: tenant.clone(),
             template_id: template_id.clone(),
             output_format: format.name.clone(),
@@ -412,7 +404,17 @@ async fn accept(
             created_at,
             round: 0,
             options: options.clone(),
+        };
+        tasks.push(NewTask {
+            task_id,
+            tenant: tenant.clone(),
+            template_id: template_id.to_string(),
+            output_format: format.name.clone(),
+            priority,
+            created_at,
+            message: message.to_bytes(),
         });
+        messages.push(message);
     }
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id.clone()).collect();
     app.quotas

@@ -271,24 +271,21 @@ fn save_tags(c: &rusqlite::Connection, tags: HashMap<String, i64>) -> rusqlite::
     Ok(())
 }
 
-#[async_trait]
-impl TaskQueue for EmbeddedQueue {
-    fn backend(&self) -> &'static str {
-        "embedded"
-    }
-
-    async fn publish(&self, batch: Vec<TaskMessage>) -> Result<(), QueueError> {
+impl EmbeddedQueue {
+    /// Enqueue messages, each as if delivered `deliveries` times already.
+    async fn insert(&self, batch: Vec<(TaskMessage, u32)>) -> Result<(), QueueError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, String, i32, Vec<u8>)> = batch
+        let rows: Vec<(String, String, i32, Vec<u8>, u32)> = batch
             .iter()
-            .map(|m| {
+            .map(|(m, deliveries)| {
                 (
                     m.task_id.to_string(),
                     m.tenant.to_string(),
                     m.priority,
                     m.to_bytes(),
+                    *deliveries,
                 )
             })
             .collect();
@@ -297,18 +294,62 @@ impl TaskQueue for EmbeddedQueue {
                 let now = now_ms();
                 let mut tags = HashMap::new();
                 let mut stmt = c.prepare_cached(
-                    "INSERT INTO messages (task_id, tenant, priority, state, visible_at, body, fair_seq)
-                     VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
+                    "INSERT INTO messages (task_id, tenant, priority, state, visible_at, body, fair_seq, attempts)
+                     VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)",
                 )?;
-                for (task_id, tenant, priority, body) in &rows {
+                for (task_id, tenant, priority, body, deliveries) in &rows {
                     let seq = fair_seq(c, tenant, &mut tags)?;
-                    stmt.execute(params![task_id, tenant, priority, now, body, seq])?;
+                    stmt.execute(params![task_id, tenant, priority, now, body, seq, deliveries])?;
                 }
                 save_tags(c, tags)
             })
             .await?;
         self.wake.notify_one();
         Ok(())
+    }
+}
+
+#[async_trait]
+impl TaskQueue for EmbeddedQueue {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn publish(&self, batch: Vec<TaskMessage>) -> Result<(), QueueError> {
+        self.insert(batch.into_iter().map(|m| (m, 0)).collect())
+            .await
+    }
+
+    async fn republish(&self, batch: Vec<super::Republished>) -> Result<(), QueueError> {
+        self.insert(
+            batch
+                .into_iter()
+                .map(|r| (r.message, r.attempt.saturating_sub(1)))
+                .collect(),
+        )
+        .await
+    }
+
+    async fn holds(
+        &self,
+        task_ids: Vec<String>,
+    ) -> Result<Option<std::collections::HashSet<String>>, QueueError> {
+        let held = self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT 1 FROM messages WHERE task_id = ?1 AND state IN (0, 1) LIMIT 1",
+                )?;
+                let mut held = std::collections::HashSet::new();
+                for id in task_ids {
+                    if stmt.exists([&id])? {
+                        held.insert(id);
+                    }
+                }
+                Ok(held)
+            })
+            .await?;
+        Ok(Some(held))
     }
 
     async fn start_consuming(

@@ -64,6 +64,16 @@ impl TaskMessage {
     }
 }
 
+/// A message published again by [`crate::reconcile`]: the task's store
+/// saw no progress for longer than it should take, so its message may
+/// have been lost. `attempt` is the attempt the lost message would have
+/// been delivered as; the new delivery carries it on.
+#[derive(Debug, Clone)]
+pub struct Republished {
+    pub message: TaskMessage,
+    pub attempt: u32,
+}
+
 /// One delivery of a message to the handler.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -218,6 +228,24 @@ pub trait TaskQueue: Send + Sync + 'static {
     /// `max_in_flight`); tenants not listed are unlimited. Replaces the
     /// limits set before.
     async fn set_in_flight_limits(&self, limits: HashMap<String, u32>) -> Result<(), QueueError>;
+
+    /// Publish messages again ([`crate::reconcile`]), each delivered as its
+    /// `attempt` (not as a first delivery). A duplicate of a message still
+    /// in the queue is harmless: the handler acknowledges a finished task
+    /// without rendering it, and status events are ordered.
+    async fn republish(&self, batch: Vec<Republished>) -> Result<(), QueueError>;
+
+    /// Of these task ids, those whose message the queue holds now (ready,
+    /// delayed or delivered), if the backend can tell; `None` if it cannot
+    /// (RocketMQ: the broker cannot be asked by key cheaply), in which
+    /// case reconciliation goes by time alone.
+    async fn holds(
+        &self,
+        task_ids: Vec<String>,
+    ) -> Result<Option<std::collections::HashSet<String>>, QueueError> {
+        let _ = task_ids;
+        Ok(None)
+    }
 
     /// Reconnect the producer. The embedded queue has no connection.
     async fn restart_producer(&self) -> Result<(), QueueError> {

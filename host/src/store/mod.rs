@@ -75,6 +75,24 @@ pub struct NewTask {
     pub output_format: String,
     pub priority: i32,
     pub created_at: DateTime<Utc>,
+    /// The queue message ([`crate::queue::TaskMessage::to_bytes`]), kept
+    /// for [`crate::reconcile`].
+    pub message: Vec<u8>,
+}
+
+/// An open task whose last progress is older than the cutoff asked for
+/// ([`TaskStore::stalled`]).
+#[derive(Debug, Clone)]
+pub struct StalledTask {
+    pub task_id: String,
+    pub status: TaskStatus,
+    /// Attempts used in the current round.
+    pub attempts: u32,
+    pub round: u32,
+    /// When the store last saw the task move (accepted, started, retried).
+    pub touched_at: DateTime<Utc>,
+    /// Its message as accepted (round 0).
+    pub message: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -133,10 +151,19 @@ CREATE TABLE IF NOT EXISTS tasks (
     result_size   INTEGER,
     media_type    TEXT,
     extension     TEXT,
-    round         INTEGER NOT NULL DEFAULT 0
+    round         INTEGER NOT NULL DEFAULT 0,
+    touched_at    INTEGER               -- last progress seen (ms); NULL = created_at
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
 CREATE INDEX IF NOT EXISTS tasks_tenant_status ON tasks (tenant, status);
+-- The message of each task accepted by this process (not of tasks known
+-- from other API processes' announcements), kept until the task succeeds
+-- or fails, so that a task whose message was lost can be published again
+-- (crate::reconcile).
+CREATE TABLE IF NOT EXISTS task_messages (
+    task_id TEXT PRIMARY KEY,
+    body    BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS result_blobs (
     task_id TEXT PRIMARY KEY,
     bytes   BLOB NOT NULL
@@ -215,7 +242,14 @@ impl TaskStore {
                 .spawn(move || sweep_temp_files(&results, TEMP_FILE_AGE));
         }
         let path = data_dir.join("tasks.db");
-        add_missing_columns(&path, "tasks", &[("round", "INTEGER NOT NULL DEFAULT 0")])?;
+        add_missing_columns(
+            &path,
+            "tasks",
+            &[
+                ("round", "INTEGER NOT NULL DEFAULT 0"),
+                ("touched_at", "INTEGER"),
+            ],
+        )?;
         Ok(TaskStore {
             db: Db::open(&path, sync, SCHEMA)?,
             results,
@@ -237,6 +271,8 @@ impl TaskStore {
                     "INSERT INTO tasks (task_id, tenant, template_id, output_format, priority, status, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
                 )?;
+                let mut body =
+                    c.prepare_cached("INSERT INTO task_messages (task_id, body) VALUES (?1, ?2)")?;
                 for t in &tasks {
                     stmt.execute(params![
                         t.task_id.as_str(),
@@ -246,6 +282,7 @@ impl TaskStore {
                         t.priority,
                         ms(t.created_at)
                     ])?;
+                    body.execute(params![t.task_id.as_str(), t.message])?;
                 }
                 Ok(())
             })
@@ -259,6 +296,10 @@ impl TaskStore {
             .write(move |c| {
                 for id in &ids {
                     c.execute("DELETE FROM tasks WHERE task_id = ?1", [id.as_str()])?;
+                    c.execute(
+                        "DELETE FROM task_messages WHERE task_id = ?1",
+                        [id.as_str()],
+                    )?;
                 }
                 Ok(())
             })
@@ -335,7 +376,7 @@ impl TaskStore {
         self.db
             .write_background(move |c| {
                 c.prepare_cached(
-                    "UPDATE tasks SET status = 'running', attempts = max(attempts, ?3), started_at = ?4
+                    "UPDATE tasks SET status = 'running', attempts = max(attempts, ?3), started_at = ?4, touched_at = ?4
                      WHERE task_id = ?1 AND round = ?2 AND status NOT IN ('succeeded', 'failed', 'dead')",
                 )?
                 .execute(params![id, round, attempt, ms(Utc::now())])?;
@@ -643,6 +684,57 @@ impl TaskStore {
         Ok(n)
     }
 
+    /// Open tasks (queued or running) accepted by this store, whose last
+    /// progress is older than `cutoff`, least recently touched first (at
+    /// most `limit`).
+    pub async fn stalled(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<StalledTask>, StoreError> {
+        Ok(self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT t.task_id, t.status, t.attempts, t.round, coalesce(t.touched_at, t.created_at), m.body
+                     FROM tasks t JOIN task_messages m ON m.task_id = t.task_id
+                     WHERE t.status IN ('queued', 'running') AND coalesce(t.touched_at, t.created_at) < ?1
+                     ORDER BY coalesce(t.touched_at, t.created_at) LIMIT ?2",
+                )?;
+                stmt.query_map(params![ms(cutoff), limit as i64], |r| {
+                    Ok(StalledTask {
+                        task_id: r.get(0)?,
+                        status: TaskStatus::parse(&r.get::<_, String>(1)?),
+                        attempts: r.get(2)?,
+                        round: r.get(3)?,
+                        touched_at: from_ms(r.get(4)?).unwrap_or_default(),
+                        message: r.get(5)?,
+                    })
+                })?
+                .collect()
+            })
+            .await?)
+    }
+
+    /// Count these tasks as moving now (their message was published again),
+    /// unless they moved since `seen` (their `touched_at` then).
+    pub async fn touch(&self, tasks: Vec<(String, DateTime<Utc>)>) -> Result<(), StoreError> {
+        self.db
+            .write_background(move |c| {
+                let now = ms(Utc::now());
+                let mut stmt = c.prepare_cached(
+                    "UPDATE tasks SET touched_at = ?2
+                     WHERE task_id = ?1 AND coalesce(touched_at, created_at) <= ?3",
+                )?;
+                for (id, seen) in &tasks {
+                    stmt.execute(params![id, now, ms(*seen)])?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Number of tasks in each status.
     pub async fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
         Ok(self
@@ -736,16 +828,19 @@ fn apply_one(c: &rusqlite::Connection, e: &TaskEvent) -> rusqlite::Result<()> {
         return Ok(());
     }
     let at = ms(e.at);
+    // Progress is timed by this store's clock, not the sender's.
+    let now = ms(Utc::now());
     match &e.kind {
         EventKind::Accepted => {}
         EventKind::Started => {
-            c.prepare_cached("UPDATE tasks SET status = 'running', attempts = ?2, started_at = ?3 WHERE task_id = ?1")?
-                .execute(params![e.task_id, e.attempt, at])?;
+            c.prepare_cached("UPDATE tasks SET status = 'running', attempts = ?2, started_at = ?3, touched_at = ?4 WHERE task_id = ?1")?
+                .execute(params![e.task_id, e.attempt, at, now])?;
         }
         EventKind::Succeeded { result } => {
             c.prepare_cached(
                 "UPDATE tasks SET status = 'succeeded', attempts = max(attempts, ?2), finished_at = ?3, result_size = ?4,
-                 media_type = ?5, extension = ?6, error_class = NULL, error_message = NULL, retryable = NULL
+                 media_type = ?5, extension = ?6, error_class = NULL, error_message = NULL, retryable = NULL,
+                 touched_at = ?7
                  WHERE task_id = ?1",
             )?
             .execute(params![
@@ -754,14 +849,16 @@ fn apply_one(c: &rusqlite::Connection, e: &TaskEvent) -> rusqlite::Result<()> {
                 at,
                 result.size as i64,
                 result.media_type,
-                result.extension
+                result.extension,
+                now
             ])?;
+            forget_message(c, &e.task_id)?;
         }
         EventKind::Failed { status, error } => {
             let finished = status.is_final().then_some(at);
             c.prepare_cached(
                 "UPDATE tasks SET status = ?2, attempts = max(attempts, ?3), error_class = ?4, error_message = ?5,
-                 retryable = ?6, finished_at = ?7 WHERE task_id = ?1",
+                 retryable = ?6, finished_at = ?7, touched_at = ?8 WHERE task_id = ?1",
             )?
             .execute(params![
                 e.task_id,
@@ -770,10 +867,22 @@ fn apply_one(c: &rusqlite::Connection, e: &TaskEvent) -> rusqlite::Result<()> {
                 error.class,
                 error.message,
                 error.retryable,
-                finished
+                finished,
+                now
             ])?;
+            // A dead task keeps its message: a replay may need it again.
+            if *status == TaskStatus::Failed {
+                forget_message(c, &e.task_id)?;
+            }
         }
     }
+    Ok(())
+}
+
+/// A task that ended for good needs its message no more.
+fn forget_message(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM task_messages WHERE task_id = ?1")?
+        .execute([id])?;
     Ok(())
 }
 
@@ -812,9 +921,9 @@ fn new_round(c: &rusqlite::Connection, id: &str, round: u32) -> rusqlite::Result
     c.prepare_cached(
         "UPDATE tasks SET round = ?2, status = 'queued', attempts = 0, error_class = NULL, error_message = NULL,
          retryable = NULL, started_at = NULL, finished_at = NULL, result_size = NULL, media_type = NULL,
-         extension = NULL WHERE task_id = ?1",
+         extension = NULL, touched_at = ?3 WHERE task_id = ?1",
     )?
-    .execute(params![id, round])?;
+    .execute(params![id, round, ms(Utc::now())])?;
     // The last round's result, if it is kept inline, goes with it.
     c.prepare_cached("DELETE FROM result_blobs WHERE task_id = ?1")?
         .execute([id])?;
@@ -893,6 +1002,129 @@ mod tests {
                 (false, b)
             }
         }
+    }
+
+    fn new_task(id: &str) -> NewTask {
+        NewTask {
+            task_id: TaskId::parse(id).unwrap(),
+            tenant: TenantId::default_tenant(),
+            template_id: "tpl".into(),
+            output_format: "txt".into(),
+            priority: 0,
+            created_at: Utc::now(),
+            message: format!("body of {id}").into_bytes(),
+        }
+    }
+
+    fn event(id: &str, attempt: u32, kind: EventKind) -> TaskEvent {
+        TaskEvent {
+            v: crate::status::EVENT_VERSION,
+            task_id: id.into(),
+            tenant: "default".into(),
+            template_id: "tpl".into(),
+            output_format: "txt".into(),
+            priority: 0,
+            created_at: Utc::now(),
+            round: 0,
+            attempt,
+            at: Utc::now(),
+            kind,
+        }
+    }
+
+    /// Reconciliation's view: open tasks with their message, by last
+    /// progress; progress moves a task out of the window, an end removes
+    /// its message (but a dead task keeps it for a replay).
+    #[tokio::test]
+    async fn stalled_tasks_are_the_open_ones_idle_since_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TaskStore::open(dir.path(), dir.path(), SyncMode::Normal).unwrap();
+        store
+            .insert(["a", "b", "c", "d"].map(new_task).to_vec())
+            .await
+            .unwrap();
+        let ids = |v: Vec<StalledTask>| {
+            let mut v: Vec<String> = v.into_iter().map(|t| t.task_id).collect();
+            v.sort();
+            v
+        };
+        let later = Utc::now() + chrono::Duration::seconds(1);
+        let all = store.stalled(later, 10).await.unwrap();
+        assert_eq!(ids(all.clone()), ["a", "b", "c", "d"]);
+        assert_eq!(
+            all[0].message,
+            format!("body of {}", all[0].task_id).into_bytes()
+        );
+        // Nothing is idle since a time before it was accepted.
+        let before = Utc::now() - chrono::Duration::seconds(60);
+        assert!(store.stalled(before, 10).await.unwrap().is_empty());
+
+        let result = ResultMeta {
+            size: 1,
+            media_type: "text/plain".into(),
+            extension: "txt".into(),
+        };
+        let error = |status| EventKind::Failed {
+            status,
+            error: TaskError {
+                class: "internal".into(),
+                message: "x".into(),
+                retryable: status == TaskStatus::Queued,
+            },
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let cutoff = Utc::now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        store
+            .apply(vec![
+                event("a", 1, EventKind::Succeeded { result }),
+                event("b", 1, error(TaskStatus::Failed)),
+                event("c", 1, error(TaskStatus::Dead)),
+                event("d", 1, error(TaskStatus::Queued)),
+            ])
+            .await
+            .unwrap();
+        // d moved after the cutoff; a, b and c are final.
+        assert!(store.stalled(cutoff, 10).await.unwrap().is_empty());
+        let d = store
+            .stalled(Utc::now() + chrono::Duration::seconds(1), 10)
+            .await
+            .unwrap();
+        assert_eq!(ids(d.clone()), ["d"]);
+        assert_eq!((d[0].status, d[0].attempts), (TaskStatus::Queued, 1));
+        let kept: Vec<String> = store
+            .db
+            .read(|c| {
+                c.prepare("SELECT task_id FROM task_messages ORDER BY task_id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            kept,
+            ["c", "d"],
+            "succeeded and failed tasks drop their message"
+        );
+
+        // A touch counts as progress, unless the task moved since it was read.
+        let seen = d[0].touched_at;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        store.touch(vec![("d".into(), seen)]).await.unwrap();
+        let after = store
+            .stalled(Utc::now() + chrono::Duration::seconds(1), 10)
+            .await
+            .unwrap();
+        assert!(after[0].touched_at > seen);
+        store
+            .touch(vec![("d".into(), seen - chrono::Duration::seconds(5))])
+            .await
+            .unwrap();
+        let again = store
+            .stalled(Utc::now() + chrono::Duration::seconds(1), 10)
+            .await
+            .unwrap();
+        assert_eq!(again[0].touched_at, after[0].touched_at);
     }
 
     #[test]

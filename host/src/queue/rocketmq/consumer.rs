@@ -9,7 +9,7 @@
 //! | disposition | RocketMQ |
 //! |---|---|
 //! | `Ack` | `CONSUME_SUCCESS` |
-//! | `Retry` | `RECONSUME_LATER`: the broker re-delivers through `%RETRY%<group>` after the delay level of `reconsumeTimes` |
+//! | `Retry` | sent back at delay level `min(retry_delay_level + reconsumeTimes, retry_max_delay_level)` (`CONSUME_SUCCESS`); the broker re-delivers it through `%RETRY%<group>`. If the send-back fails, `RECONSUME_LATER` (the broker's own level, `3 + reconsumeTimes`) |
 //! | `Dead`, or `Retry` on the last attempt | published to `%DLQ%<consumer_group>` with the reason, then `CONSUME_SUCCESS`; if that publish fails the message is sent back with delay level -1, which makes the broker move it to its group's DLQ itself |
 //!
 //! `Delivery.attempt` is `reconsumeTimes + 1` (plus the attempts a deferred
@@ -50,8 +50,6 @@ use crate::queue::{Delivery, Disposition, QueueError, TaskHandler, TaskMessage};
 
 /// Delay level that makes the broker move a sent-back message to the DLQ.
 const DELAY_LEVEL_DLQ: i32 = -1;
-/// Delay level 0: the broker picks `3 + reconsumeTimes`.
-const DELAY_LEVEL_DEFAULT: i32 = 0;
 /// A normal-lane delivery waits at most this long for the high lane to
 /// drain (so a busy or unreachable high lane delays, but never starves,
 /// normal tasks).
@@ -157,6 +155,9 @@ struct Dispatch {
     producer: Arc<RocketMqProducer>,
     max_attempts: u32,
     consume_timeout: Duration,
+    /// `rocketmq.retry_delay_level` and `retry_max_delay_level`: the delay
+    /// level a retry is sent back with (see [`crate::config::RocketMqConfig::delay_level`]).
+    retry_levels: (u32, u32),
     in_flight: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     gate: PriorityGate,
@@ -255,6 +256,7 @@ impl RocketMqConsumer {
             producer: self.producer.clone(),
             max_attempts: cfg.max_reconsume_times + 1,
             consume_timeout: Duration::from_secs(cfg.consume_timeout.saturating_mul(60)),
+            retry_levels: (cfg.retry_delay_level, cfg.retry_max_delay_level),
             in_flight: self.in_flight.clone(),
             metrics: self.metrics.clone(),
             gate: PriorityGate {
@@ -509,7 +511,6 @@ impl LaneCtx {
 
     async fn consume(&self, msgs: Vec<MessageExt>, mq: MessageQueue) -> ConsumeConcurrentlyStatus {
         let mut retry = Vec::new();
-        let n = msgs.len();
         for msg in msgs {
             let base: u32 = msg
                 .property(&cheetah_string::CheetahString::from(PROP_ATTEMPT_BASE))
@@ -540,14 +541,16 @@ impl LaneCtx {
         if retry.is_empty() {
             return ConsumeConcurrentlyStatus::ConsumeSuccess;
         }
-        if retry.len() == n {
-            return ConsumeConcurrentlyStatus::ReconsumeLater;
-        }
-        // Part of a batch: send the failed ones back one by one, so the
-        // acknowledged ones are not delivered again.
+        // Send the failed ones back one by one at the configured delay
+        // level (the listener cannot set the level of `RECONSUME_LATER`),
+        // so that acknowledged ones of a batch are not delivered again.
+        let (first, cap) = self.dispatch.retry_levels;
         for msg in retry {
-            if let Err(e) = (self.send_back)(msg, mq.clone(), DELAY_LEVEL_DEFAULT).await {
-                tracing::warn!(error = %e, "send back failed; the whole batch is re-delivered");
+            let level = first
+                .saturating_add(msg.reconsume_times().max(0) as u32)
+                .min(cap) as i32;
+            if let Err(e) = (self.send_back)(msg, mq.clone(), level).await {
+                tracing::warn!(error = %e, "send back failed; the whole batch is re-delivered at the broker's delay level");
                 return ConsumeConcurrentlyStatus::ReconsumeLater;
             }
         }

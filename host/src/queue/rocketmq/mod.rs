@@ -112,6 +112,18 @@ impl TaskQueue for RocketMqQueue {
         }
     }
 
+    /// One message each, counting deliveries from `attempt - 1` (the
+    /// consumer's `EXPORT_ATTEMPT_BASE`).
+    async fn republish(&self, batch: Vec<super::Republished>) -> Result<(), QueueError> {
+        for r in &batch {
+            self.manager
+                .producer
+                .send_with_base(&r.message, r.attempt.saturating_sub(1), 0)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn start_consuming(
         &self,
         handler: Arc<dyn TaskHandler>,

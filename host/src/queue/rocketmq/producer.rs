@@ -437,15 +437,29 @@ impl RocketMqProducer {
     ) -> Result<(), QueueError> {
         let body = original.body().unwrap_or_default();
         let task = TaskMessage::from_bytes(body.as_ref())?;
-        let mut msg = self.message(&task)?;
-        msg.set_delay_time_level(delay_level);
+        self.send_with_base(&task, base, delay_level).await
+    }
+
+    /// Send `task` to its lane as a message whose deliveries count from
+    /// `base` attempts already used (after `delay_level`, 0 = at once):
+    /// deferrals, and tasks published again by reconciliation.
+    pub async fn send_with_base(
+        &self,
+        task: &TaskMessage,
+        base: u32,
+        delay_level: i32,
+    ) -> Result<(), QueueError> {
+        let mut msg = self.message(task)?;
+        if delay_level > 0 {
+            msg.set_delay_time_level(delay_level);
+        }
         msg.put_property(
             super::consumer::PROP_ATTEMPT_BASE.into(),
             base.to_string().into(),
         );
         let producer = self.handle().await?;
         let mq = self
-            .queue_for(&producer, self.topic_for(&task), task.tenant.as_str())
+            .queue_for(&producer, self.topic_for(task), task.tenant.as_str())
             .await?;
         let timeout = self.send_timeout;
         let result = ClientEnv::get()?
