@@ -352,6 +352,10 @@ impl TaskQueue for Announcing {
     async fn restart_producer(&self) -> Result<(), QueueError> {
         self.inner.restart_producer().await
     }
+
+    async fn producer_started(&self) -> bool {
+        self.inner.producer_started().await
+    }
 }
 
 #[cfg(test)]

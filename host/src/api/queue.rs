@@ -131,6 +131,7 @@ pub async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
     };
     let consuming = app.queue.is_consuming();
     let connected = unreadable.is_none() && app.queue.is_connected();
+    let producer_started = app.queue.producer_started().await;
     let r = &app.config.rocketmq;
     let embedded = app.queue.backend() == "embedded";
     let total_lag = stats.total_lag();
@@ -160,7 +161,7 @@ pub async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
             connected,
         },
         components: StatusComponents {
-            producer_started: true,
+            producer_started,
             consumer_started: consuming,
             consumer_consuming: consuming,
         },
@@ -292,7 +293,7 @@ pub async fn restart_producer(State(app): State<AppState>, _: Admin) -> Result<R
     Ok(ok(
         StatusCode::OK,
         ProducerRestarted {
-            producer_started: true,
+            producer_started: app.queue.producer_started().await,
         },
         "producer restarted",
     ))

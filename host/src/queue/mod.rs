@@ -247,6 +247,12 @@ pub trait TaskQueue: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Whether the producer is started (RocketMQ: its client is up). The
+    /// embedded queue always is.
+    async fn producer_started(&self) -> bool {
+        true
+    }
+
     /// Reconnect the producer. The embedded queue has no connection.
     async fn restart_producer(&self) -> Result<(), QueueError> {
         Ok(())

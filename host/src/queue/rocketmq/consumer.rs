@@ -331,7 +331,7 @@ impl RocketMqConsumer {
             .await_termination_millis_when_shutdown(cfg.consume_timeout.saturating_mul(60_000))
             .rpc_hook(self.conn.rpc_hook());
         let dispatch = dispatch.clone();
-        let tag = cfg.tag.clone();
+        let tag = tag_expression(&cfg.tag);
         let topic_c = topic.clone();
         let started = env
             .run(async move {
@@ -658,6 +658,22 @@ impl LaneCtx {
     }
 }
 
+/// `rocketmq.tag` as the broker filters it: each tag trimmed, `||` between.
+/// The client hashes the tags of the expression as written and the broker
+/// filters on those hashes, so `"docx || pdf"` would match no message
+/// (tags ` docx` and ` pdf`). `*` (or empty) stays all.
+pub fn tag_expression(tag: &str) -> String {
+    let tags: Vec<&str> = tag
+        .split("||")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tags.is_empty() || tags.contains(&"*") {
+        return "*".into();
+    }
+    tags.join("||")
+}
+
 struct InFlight(Arc<AtomicU64>);
 
 impl Drop for InFlight {
@@ -760,5 +776,20 @@ impl PriorityGate {
             backlog += (q.max - consumed.max(q.min)).max(0) as u64;
         }
         Ok(backlog)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_expressions_are_trimmed() {
+        assert_eq!(tag_expression("docx || pdf"), "docx||pdf");
+        assert_eq!(tag_expression(" docx"), "docx");
+        assert_eq!(tag_expression("docx||pdf"), "docx||pdf");
+        assert_eq!(tag_expression("*"), "*");
+        assert_eq!(tag_expression(" "), "*");
+        assert_eq!(tag_expression("docx || *"), "*");
     }
 }

@@ -167,6 +167,10 @@ impl TaskQueue for RocketMqQueue {
         Ok(())
     }
 
+    async fn producer_started(&self) -> bool {
+        self.manager.producer.is_started().await
+    }
+
     /// A new producer client; sends in flight on the old one finish first.
     async fn restart_producer(&self) -> Result<(), QueueError> {
         self.manager.restart_producer().await

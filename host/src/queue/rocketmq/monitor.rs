@@ -40,6 +40,25 @@ impl QueueOffsets {
     }
 }
 
+/// Lag per queue, keyed as the design document shows it: the queue id
+/// (`"0"`…`"3"`, high lane `"high-0"`…) when the topics live on one broker;
+/// `"<broker>:<id>"` when they are spread over several masters, whose
+/// queue ids repeat (a bare id would add two brokers' queues up).
+pub fn lag_by_queue(queues: &[(&str, QueueOffsets)]) -> BTreeMap<String, u64> {
+    let brokers: std::collections::BTreeSet<&str> =
+        queues.iter().map(|(_, q)| q.broker.as_str()).collect();
+    let mut lag = BTreeMap::new();
+    for (prefix, q) in queues {
+        let key = if brokers.len() > 1 {
+            format!("{prefix}{}:{}", q.broker, q.queue_id)
+        } else {
+            format!("{prefix}{}", q.queue_id)
+        };
+        *lag.entry(key).or_insert(0) += q.lag();
+    }
+    lag
+}
+
 /// Offsets of one queue of a topic.
 #[derive(Debug, Clone, Default)]
 pub struct TopicQueue {
@@ -193,18 +212,18 @@ impl RocketMqMonitor {
     /// sum of the lanes' max offsets.
     pub async fn consumer_lag(&self) -> Result<(BTreeMap<String, u64>, u64), QueueError> {
         let n = self.names().clone();
-        let mut lag = BTreeMap::new();
+        let mut queues = Vec::new();
         let mut total = 0u64;
         for (prefix, group, topic) in [
             ("", &n.group, &n.topic),
             ("high-", &n.high_group, &n.high_topic),
         ] {
             for q in self.consume_offsets(group, topic).await? {
-                *lag.entry(format!("{prefix}{}", q.queue_id)).or_insert(0) += q.lag();
                 total += q.broker_offset.max(0) as u64;
+                queues.push((prefix, q));
             }
         }
-        Ok((lag, total))
+        Ok((lag_by_queue(&queues), total))
     }
 
     /// Unconsumed messages in the lanes' retry topics (re-deliveries whose
@@ -540,5 +559,27 @@ impl Metrics {
             start: self.started_at,
             end: chrono::Utc::now(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_keys_name_the_broker_only_when_there_are_several() {
+        let q = |broker: &str, queue_id, broker_offset| QueueOffsets {
+            broker: broker.into(),
+            queue_id,
+            broker_offset,
+            consumer_offset: 1,
+        };
+        let one = lag_by_queue(&[("", q("broker-a", 0, 5)), ("high-", q("broker-a", 0, 3))]);
+        assert_eq!(one, BTreeMap::from([("0".into(), 4), ("high-0".into(), 2)]));
+        let two = lag_by_queue(&[("", q("broker-a", 0, 5)), ("", q("broker-b", 0, 7))]);
+        assert_eq!(
+            two,
+            BTreeMap::from([("broker-a:0".into(), 4), ("broker-b:0".into(), 6)])
+        );
     }
 }

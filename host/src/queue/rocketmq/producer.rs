@@ -76,6 +76,9 @@ pub struct RocketMqProducer {
     dlq: String,
     max_message_size: usize,
     send_timeout: u64,
+    /// `rocketmq.retry_times`: extra tries of a send to a chosen queue
+    /// (the client retries only the sends it routes itself).
+    retry_times: u32,
     metrics: Arc<Metrics>,
     conn: Arc<RocketMqConnection>,
     /// Notified when a send failed (the manager may reconnect).
@@ -105,6 +108,7 @@ impl RocketMqProducer {
             dlq: conn.names.dlq.clone(),
             max_message_size: cfg.max_message_size,
             send_timeout: cfg.send_timeout,
+            retry_times: cfg.retry_times,
             metrics,
             conn,
             failed,
@@ -245,22 +249,34 @@ impl RocketMqProducer {
     pub async fn send_export_task(&self, m: &TaskMessage) -> Result<(), QueueError> {
         let msg = self.message(m)?;
         let producer = self.handle().await?;
-        let mq = self
-            .queue_for(&producer, self.topic_for(m), m.tenant.as_str())
-            .await?;
-        let timeout = self.send_timeout;
-        let started = Instant::now();
-        let result = ClientEnv::get()?
-            .run(async move {
-                match mq {
-                    Some(mq) => producer.send_to_queue_with_timeout(msg, mq, timeout).await,
-                    None => producer.send_with_timeout(msg, timeout).await,
+        self.send_to(&producer, vec![msg], self.topic_for(m), m.tenant.as_str())
+            .await
+    }
+
+    /// Send messages to `topic` as one send (a batch if more than one): to
+    /// the tenant's queue with `queue_by_tenant`, looked up again for each
+    /// try. A send to a chosen queue is tried `retry_times + 1` times (the
+    /// client itself retries only sends it routes); a retried send that
+    /// had in fact been stored is a duplicate, which is harmless.
+    async fn send_to(
+        &self,
+        producer: &Arc<DefaultMQProducer>,
+        chunk: Vec<Message>,
+        topic: &str,
+        tenant: &str,
+    ) -> Result<(), QueueError> {
+        let mut tries = 0;
+        loop {
+            let mq = self.queue_for(producer, topic, tenant).await?;
+            let chosen = mq.is_some();
+            tries += 1;
+            match self.send_chunk(producer, chunk.clone(), mq).await {
+                Err(e) if chosen && tries <= self.retry_times => {
+                    tracing::debug!(error = %e, tries, "send to the tenant's queue failed; trying again");
                 }
-            })
-            .await?;
-        let result = check_sent(result);
-        self.forget_queues(&result);
-        self.record(1, started, result)
+                result => return result,
+            }
+        }
     }
 
     /// Send many tasks: validated first (all or nothing for size), then
@@ -288,8 +304,7 @@ impl RocketMqProducer {
             } else {
                 &self.topic
             };
-            let mq = self.queue_for(&producer, topic, tenant).await?;
-            self.send_group(&producer, group, mq).await?;
+            self.send_group(&producer, group, topic, tenant).await?;
         }
         Ok(())
     }
@@ -298,7 +313,8 @@ impl RocketMqProducer {
         &self,
         producer: &Arc<DefaultMQProducer>,
         lane: Vec<(usize, Message)>,
-        mq: Option<MessageQueue>,
+        topic: &str,
+        tenant: &str,
     ) -> Result<(), QueueError> {
         let mut chunk: Vec<Message> = Vec::new();
         let mut bytes = 0usize;
@@ -306,7 +322,7 @@ impl RocketMqProducer {
             if !chunk.is_empty()
                 && (chunk.len() >= BATCH_MAX_MESSAGES || bytes + size > self.max_message_size)
             {
-                self.send_chunk(producer, std::mem::take(&mut chunk), mq.clone())
+                self.send_to(producer, std::mem::take(&mut chunk), topic, tenant)
                     .await?;
                 bytes = 0;
             }
@@ -314,7 +330,7 @@ impl RocketMqProducer {
             chunk.push(msg);
         }
         if !chunk.is_empty() {
-            self.send_chunk(producer, chunk, mq).await?;
+            self.send_to(producer, chunk, topic, tenant).await?;
         }
         Ok(())
     }
@@ -458,21 +474,13 @@ impl RocketMqProducer {
             base.to_string().into(),
         );
         let producer = self.handle().await?;
-        let mq = self
-            .queue_for(&producer, self.topic_for(task), task.tenant.as_str())
-            .await?;
-        let timeout = self.send_timeout;
-        let result = ClientEnv::get()?
-            .run(async move {
-                match mq {
-                    Some(mq) => producer.send_to_queue_with_timeout(msg, mq, timeout).await,
-                    None => producer.send_with_timeout(msg, timeout).await,
-                }
-            })
-            .await?;
-        let result = check_sent(result);
-        self.forget_queues(&result);
-        result
+        self.send_to(
+            &producer,
+            vec![msg],
+            self.topic_for(task),
+            task.tenant.as_str(),
+        )
+        .await
     }
 
     /// Record that the dead letter of `task_id` in `round` was replayed
