@@ -42,7 +42,12 @@ async fn read_topic(name_server: &str, topic: &str) -> Vec<(String, Vec<(String,
     admin.ensure_group(&group, 0).await.expect("reader group");
     admin.disconnect().await;
     let env = ClientEnv::get().expect("client runtime");
-    let consumer = DefaultMQPullConsumer::builder(env.client_runtime())
+    let mut builder = DefaultMQPullConsumer::builder(env.client_runtime());
+    // The hook that makes RocketMQ 4.x routes decodable by rocketmq-rust.
+    if let Some(hook) = admin.rpc_hook() {
+        builder = builder.rpc_hook(hook);
+    }
+    let consumer = builder
         .consumer_group(group)
         .name_server_addr(name_server.to_string())
         .consumer_pull_timeout(Duration::from_secs(5))

@@ -45,6 +45,175 @@ const MASTER_ID: u64 = 0;
 /// How often the background probe checks the name server.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// `RequestCode.GET_ROUTEINFO_BY_TOPIC`.
+const GET_ROUTEINFO_BY_TOPIC: i32 = 105;
+/// `RequestCode.GET_BROKER_CLUSTER_INFO`.
+const GET_BROKER_CLUSTER_INFO: i32 = 106;
+/// `RequestCode.GET_ALL_SUBSCRIPTIONGROUP_CONFIG`.
+const GET_ALL_SUBSCRIPTIONGROUP_CONFIG: i32 = 201;
+/// `RequestCode.GET_TOPIC_STATS_INFO`.
+const GET_TOPIC_STATS_INFO: i32 = 202;
+/// `RequestCode.GET_CONSUME_STATS`.
+const GET_CONSUME_STATS: i32 = 208;
+
+/// An RPC hook that makes the answers of Apache RocketMQ 4.x servers
+/// decodable by rocketmq-rust 1.0, which expects fields only 5.x sends:
+///
+/// * `BrokerData.enableActingMaster` (routes, cluster info): without it no
+///   route decodes, so no client could send or consume at all;
+/// * `OffsetWrapper.pullOffset` (consume stats: lag): the consumer offset
+///   is put in;
+/// * `TopicStatsTable.topicPutTps` (topic stats: max offsets, the
+///   high-lane backlog, totals): 0;
+/// * `SubscriptionGroupWrapper.forbiddenTable` and
+///   `DataVersion.stateVersion` (all subscription groups).
+///
+/// A body that has the field already is left alone (5.x, rocketmq-rust), so
+/// the hook costs a substring search on five admin/route answers and
+/// nothing on sends and pulls. It wraps the ACL hook when there is one.
+pub struct BrokerCompat {
+    inner: Option<Arc<ClientRpcHook>>,
+}
+
+impl BrokerCompat {
+    pub fn new(inner: Option<Arc<ClientRpcHook>>) -> BrokerCompat {
+        BrokerCompat { inner }
+    }
+
+    /// The body `response` (to a request of `code`) should have instead,
+    /// if it is one a 4.x server wrote.
+    pub fn patch(code: i32, body: &[u8]) -> Option<Vec<u8>> {
+        match code {
+            GET_ROUTEINFO_BY_TOPIC | GET_BROKER_CLUSTER_INFO => {
+                if contains(body, b"enableActingMaster") || !contains(body, b"\"brokerAddrs\"") {
+                    return None;
+                }
+                Some(replace_all(
+                    body,
+                    b"\"brokerAddrs\":",
+                    b"\"enableActingMaster\":false,\"brokerAddrs\":",
+                ))
+            }
+            GET_CONSUME_STATS => {
+                if contains(body, b"pullOffset") || !contains(body, b"\"consumerOffset\"") {
+                    return None;
+                }
+                Some(add_pull_offsets(body))
+            }
+            GET_TOPIC_STATS_INFO => {
+                if contains(body, b"topicPutTps") || body.first() != Some(&b'{') {
+                    return None;
+                }
+                let mut out = b"{\"topicPutTps\":0.0,".to_vec();
+                out.extend_from_slice(&body[1..]);
+                Some(out)
+            }
+            GET_ALL_SUBSCRIPTIONGROUP_CONFIG => {
+                let forbidden = contains(body, b"forbiddenTable");
+                let state =
+                    contains(body, b"stateVersion") || !contains(body, b"\"dataVersion\":{");
+                if (forbidden && state) || body.first() != Some(&b'{') {
+                    return None;
+                }
+                let mut out = body.to_vec();
+                if !state {
+                    out = replace_all(
+                        &out,
+                        b"\"dataVersion\":{",
+                        b"\"dataVersion\":{\"stateVersion\":0,",
+                    );
+                }
+                if !forbidden {
+                    let mut with = b"{\"forbiddenTable\":{},".to_vec();
+                    with.extend_from_slice(&out[1..]);
+                    out = with;
+                }
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl rocketmq_transport::api::RPCHook for BrokerCompat {
+    fn do_before_request(
+        &self,
+        remote_addr: std::net::SocketAddr,
+        request: &mut rocketmq_protocol::protocol::remoting_command::RemotingCommand,
+    ) -> Result<(), rocketmq_error::SharedError> {
+        match &self.inner {
+            Some(hook) => hook.do_before_request(remote_addr, request),
+            None => Ok(()),
+        }
+    }
+
+    fn do_after_response(
+        &self,
+        remote_addr: std::net::SocketAddr,
+        request: &rocketmq_protocol::protocol::remoting_command::RemotingCommand,
+        response: &mut rocketmq_protocol::protocol::remoting_command::RemotingCommand,
+    ) -> Result<(), rocketmq_error::SharedError> {
+        if let Some(hook) = &self.inner {
+            hook.do_after_response(remote_addr, request, response)?;
+        }
+        if response.code() == 0 {
+            if let Some(body) = response
+                .body()
+                .and_then(|b| BrokerCompat::patch(request.code(), b))
+            {
+                response.set_body_mut_ref(body);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn replace_all(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len() + 64);
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `"consumerOffset":N` → `"consumerOffset":N,"pullOffset":N`.
+fn add_pull_offsets(body: &[u8]) -> Vec<u8> {
+    const KEY: &[u8] = b"\"consumerOffset\":";
+    let mut out = Vec::with_capacity(body.len() + 256);
+    let mut i = 0;
+    while i < body.len() {
+        if body[i..].starts_with(KEY) {
+            out.extend_from_slice(KEY);
+            i += KEY.len();
+            let start = i;
+            while i < body.len() && (body[i] == b'-' || body[i].is_ascii_digit()) {
+                i += 1;
+            }
+            let n = &body[start..i];
+            out.extend_from_slice(n);
+            if !n.is_empty() {
+                out.extend_from_slice(b",\"pullOffset\":");
+                out.extend_from_slice(n);
+            }
+        } else {
+            out.push(body[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// The process-wide runtime the RocketMQ client runs on.
 pub struct ClientEnv {
     _owner: RuntimeOwner,
@@ -204,6 +373,39 @@ impl Names {
         // `%RETRY%` goes in front of an already namespaced group.
         format!("%RETRY%{group}")
     }
+
+    /// What stops without `topic` (for the log of a topic that cannot be
+    /// created).
+    pub fn what_needs_topic(&self, topic: &str) -> String {
+        if topic == self.topic {
+            "tasks of priority 0-4 can be neither sent nor consumed".into()
+        } else if topic == self.high_topic {
+            "tasks of priority 5-9 can be neither sent nor consumed".into()
+        } else if topic == self.dlq {
+            "dead tasks cannot be dead-lettered by the worker (the broker's own DLQ is used)".into()
+        } else if topic == self.high_dlq {
+            "the high lane's broker-side dead letters cannot be read".into()
+        } else if topic == self.replayed {
+            "dead-letter replay cannot mark what it replayed".into()
+        } else if topic == self.status_topic {
+            "split roles stop: workers cannot report task status to API processes".into()
+        } else {
+            format!("{topic} is needed")
+        }
+    }
+
+    /// What stops without subscription `group`.
+    pub fn what_needs_group(&self, group: &str) -> String {
+        if group == self.group {
+            format!("consumption of {} (priority 0-4) stops", self.topic)
+        } else if group == self.high_group {
+            format!("consumption of {} (priority 5-9) stops", self.high_topic)
+        } else if group == self.reader_group {
+            "dead letters cannot be listed or replayed".into()
+        } else {
+            format!("consumption with group {group} stops (status events, split roles)")
+        }
+    }
 }
 
 /// What `GET /queue/status` shows under `connection`.
@@ -257,7 +459,7 @@ impl RocketMqConnection {
             client_config.set_namespace(ns.clone().into());
         }
         client_config.set_mq_client_api_timeout(config.send_timeout.max(1000));
-        let rpc_hook: Option<Arc<ClientRpcHook>> = match (&config.access_key, &config.secret_key) {
+        let acl: Option<Arc<ClientRpcHook>> = match (&config.access_key, &config.secret_key) {
             (Some(ak), Some(sk)) => {
                 let credentials = match &config.security_token {
                     Some(token) => {
@@ -269,6 +471,9 @@ impl RocketMqConnection {
             }
             _ => None,
         };
+        // Every client gets the compatibility hook (RocketMQ 4.x answers),
+        // wrapping the ACL hook when there is one.
+        let rpc_hook: Option<Arc<ClientRpcHook>> = Some(Arc::new(BrokerCompat::new(acl)));
         RocketMqConnection {
             names: Names::new(&config),
             config,
@@ -520,6 +725,11 @@ impl RocketMqConnection {
     }
 
     /// Create `topic` on every master broker unless its route exists.
+    ///
+    /// A broker that answers but refuses the creation (ACL without admin
+    /// rights, a managed RocketMQ) does not stop the start: the refusal is
+    /// logged, naming what the missing topic stops, and `Ok(false)` is
+    /// returned. A broker that cannot be reached is an error.
     pub async fn ensure_topic(&self, topic: &str, queues: u32) -> Result<bool, QueueError> {
         if !self
             .topic_masters(topic)
@@ -534,29 +744,43 @@ impl RocketMqConnection {
             .await
             .map_err(QueueError::Unavailable)?;
         let topic_name = topic.to_string();
-        self.with_admin(move |admin| async move {
-            let guard = admin.lock().await;
-            let admin = guard
-                .as_ref()
-                .ok_or_else(|| QueueError::Unavailable("not connected".into()))?;
-            for addr in masters.values() {
-                let mut config = TopicConfig::with_queues(topic_name.as_str(), queues, queues);
-                config.perm = PERM_READ_WRITE;
-                TopicAdmin::create_and_update_topic_config(
-                    &**admin,
-                    CheetahString::from(addr.as_str()),
-                    config,
-                )
-                .await
-                .map_err(|e| {
-                    QueueError::Unavailable(format!(
-                        "cannot create topic {topic_name} on {addr}: {e}"
-                    ))
-                })?;
-            }
-            Ok(())
-        })
-        .await?;
+        let refused = self
+            .with_admin(move |admin| async move {
+                let guard = admin.lock().await;
+                let admin = guard
+                    .as_ref()
+                    .ok_or_else(|| QueueError::Unavailable("not connected".into()))?;
+                for addr in masters.values() {
+                    let mut config = TopicConfig::with_queues(topic_name.as_str(), queues, queues);
+                    config.perm = PERM_READ_WRITE;
+                    if let Err(e) = TopicAdmin::create_and_update_topic_config(
+                        &**admin,
+                        CheetahString::from(addr.as_str()),
+                        config,
+                    )
+                    .await
+                    {
+                        if broker_refused(&e) {
+                            return Ok(Some(format!("{addr} refused: {e}")));
+                        }
+                        return Err(QueueError::Unavailable(format!(
+                            "cannot create topic {topic_name} on {addr}: {e}"
+                        )));
+                    }
+                }
+                Ok(None)
+            })
+            .await?;
+        if let Some(why) = refused {
+            tracing::error!(
+                topic,
+                error = %why,
+                "RocketMQ topic {topic} does not exist and cannot be created (no admin rights?): \
+                 {}; create it ({queues} read/write queues) or grant the access key admin rights",
+                self.names.what_needs_topic(topic)
+            );
+            return Ok(false);
+        }
         // The broker registers the new topic with the name server on its
         // next heartbeat; wait until the route is visible.
         for _ in 0..100 {
@@ -577,12 +801,21 @@ impl RocketMqConnection {
     }
 
     /// Create (or fix the retry count of) subscription `group` on every master.
+    ///
+    /// The existing group is read with `GET_SUBSCRIPTIONGROUP_CONFIG` (352,
+    /// RocketMQ 5.x) or, where the broker does not know that request
+    /// (4.x), from `GET_ALL_SUBSCRIPTIONGROUP_CONFIG` (201). A broker that
+    /// answers but refuses the creation does not stop the start: the
+    /// refusal is logged, naming what the group is needed for (an existing
+    /// group is used as it is).
     pub async fn ensure_group(&self, group: &str, retry_max_times: i32) -> Result<(), QueueError> {
         let masters = self
             .cluster_masters()
             .await
             .map_err(QueueError::Unavailable)?;
         let group = group.to_string();
+        let timeout = self.admin_timeout().as_millis() as u64;
+        let what = self.names.what_needs_group(&group);
         self.with_admin(move |admin| async move {
             let guard = admin.lock().await;
             let admin = guard
@@ -590,36 +823,84 @@ impl RocketMqConnection {
                 .ok_or_else(|| QueueError::Unavailable("not connected".into()))?;
             for addr in masters.values() {
                 let addr_c = CheetahString::from(addr.as_str());
-                if let Ok(existing) = ConsumerAdmin::examine_subscription_group_config(
-                    &**admin,
-                    addr_c.clone(),
-                    CheetahString::from(group.as_str()),
-                )
-                .await
-                {
-                    if existing.retry_max_times() == retry_max_times {
-                        continue;
-                    }
+                // Some(Some(n)): exists with retryMaxTimes n; Some(None):
+                // does not exist; None: unknown (both reads failed).
+                let existing: Option<Option<i32>> =
+                    match ConsumerAdmin::examine_subscription_group_config(
+                        &**admin,
+                        addr_c.clone(),
+                        CheetahString::from(group.as_str()),
+                    )
+                    .await
+                    {
+                        Ok(existing) => Some(Some(existing.retry_max_times())),
+                        Err(_) => ConsumerAdmin::get_all_subscription_group(
+                            &**admin,
+                            addr_c.clone(),
+                            timeout,
+                        )
+                        .await
+                        .ok()
+                        .map(|all| {
+                            all.subscription_group_table
+                                .get(group.as_str())
+                                .map(|c| c.retry_max_times())
+                        }),
+                    };
+                if existing == Some(Some(retry_max_times)) {
+                    continue;
                 }
                 let mut config = SubscriptionGroupConfig::new(CheetahString::from(group.as_str()));
                 config.set_retry_max_times(retry_max_times);
                 config.set_retry_queue_nums(1);
                 config.set_consume_enable(true);
-                ConsumerAdmin::create_and_update_subscription_group_config(
+                match ConsumerAdmin::create_and_update_subscription_group_config(
                     &**admin, addr_c, config,
                 )
                 .await
-                .map_err(|e| {
-                    QueueError::Unavailable(format!(
-                        "cannot create subscription group {group} on {addr}: {e}"
-                    ))
-                })?;
-                tracing::info!(group, broker = %addr, retry_max_times, "subscription group ready");
+                {
+                    Ok(()) => {
+                        tracing::info!(group, broker = %addr, retry_max_times, "subscription group ready")
+                    }
+                    Err(e) if broker_refused(&e) => match existing {
+                        Some(Some(n)) => tracing::warn!(
+                            group,
+                            broker = %addr,
+                            error = %e,
+                            "subscription group {group} exists with retryMaxTimes={n}, not \
+                             {retry_max_times}, and cannot be updated (no admin rights?); used as it is"
+                        ),
+                        _ => tracing::error!(
+                            group,
+                            broker = %addr,
+                            error = %e,
+                            "subscription group {group} {} and cannot be created (no admin \
+                             rights?): {what} unless it exists; create it (retryMaxTimes=\
+                             {retry_max_times}) or grant the access key admin rights",
+                            if existing.is_some() { "does not exist" } else { "could not be read" }
+                        ),
+                    },
+                    Err(e) => {
+                        return Err(QueueError::Unavailable(format!(
+                            "cannot create subscription group {group} on {addr}: {e}"
+                        )));
+                    }
+                }
             }
             Ok(())
         })
         .await
     }
+}
+
+/// The broker answered the request and refused it (no permission, request
+/// not supported, ...), as opposed to not answering.
+fn broker_refused(e: &rocketmq_client_rust::ClientError) -> bool {
+    e.broker_response_code().is_some()
+        || e.source_ref::<rocketmq_client_rust::MQClientException>()
+            .is_some()
+        || e.source_ref::<rocketmq_client_rust::MQBrokerException>()
+            .is_some()
 }
 
 impl Drop for RocketMqConnection {
@@ -664,4 +945,59 @@ pub(super) async fn route_masters(
                 .collect()
         })
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rocketmq_protocol::protocol::RemotingDeserializable;
+    use rocketmq_protocol::protocol::admin::consume_stats::ConsumeStats;
+    use rocketmq_protocol::protocol::admin::topic_stats_table::TopicStatsTable;
+    use rocketmq_protocol::protocol::body::broker_body::cluster_info::ClusterInfo;
+    use rocketmq_protocol::protocol::body::subscription_group_wrapper::SubscriptionGroupWrapper;
+    use rocketmq_protocol::protocol::route::topic_route_data::TopicRouteData;
+
+    // Bodies as Apache RocketMQ 4.9.4 writes them (fastjson: numeric and
+    // object map keys unquoted; no 5.x fields).
+    const ROUTE_4: &[u8] = br#"{"brokerDatas":[{"brokerAddrs":{0:"127.0.0.1:10911"},"brokerName":"broker-a","cluster":"DefaultCluster"}],"filterServerTable":{},"queueDatas":[{"brokerName":"broker-a","perm":6,"readQueueNums":4,"topicSysFlag":0,"writeQueueNums":4}]}"#;
+    const CLUSTER_4: &[u8] = br#"{"brokerAddrTable":{"broker-a":{"brokerAddrs":{0:"127.0.0.1:10911"},"brokerName":"broker-a","cluster":"DefaultCluster"}},"clusterAddrTable":{"DefaultCluster":["broker-a"]}}"#;
+    const STATS_4: &[u8] = br#"{"consumeTps":0.0,"offsetTable":{{"brokerName":"broker-a","queueId":0,"topic":"T"}:{"brokerOffset":7,"consumerOffset":5,"lastTimestamp":1}}}"#;
+    const TOPIC_STATS_4: &[u8] = br#"{"offsetTable":{{"brokerName":"broker-a","queueId":0,"topic":"T"}:{"lastUpdateTimestamp":1,"maxOffset":9,"minOffset":0}}}"#;
+    const GROUPS_4: &[u8] = br#"{"dataVersion":{"counter":3,"timestamp":1},"subscriptionGroupTable":{"g":{"groupName":"g","retryMaxTimes":2}}}"#;
+
+    #[test]
+    fn rocketmq_4_answers_decode_once_patched() {
+        assert!(
+            TopicRouteData::decode(ROUTE_4).is_err(),
+            "rocketmq-rust 1.0 needs the patch"
+        );
+        let route = BrokerCompat::patch(GET_ROUTEINFO_BY_TOPIC, ROUTE_4).expect("patched");
+        let route = TopicRouteData::decode(&route).expect("route");
+        assert_eq!(
+            route.broker_datas[0]
+                .broker_addrs()
+                .get(&0)
+                .map(|a| a.as_str()),
+            Some("127.0.0.1:10911")
+        );
+        let cluster = BrokerCompat::patch(GET_BROKER_CLUSTER_INFO, CLUSTER_4).expect("patched");
+        let cluster = ClusterInfo::decode(&cluster).expect("cluster");
+        assert_eq!(cluster.broker_addr_table.map(|t| t.len()), Some(1));
+        let stats = BrokerCompat::patch(GET_CONSUME_STATS, STATS_4).expect("patched");
+        let stats = ConsumeStats::decode(&stats).expect("consume stats");
+        let w = stats.offset_table.values().next().expect("one queue");
+        assert_eq!((w.get_broker_offset(), w.get_consumer_offset()), (7, 5));
+        let groups =
+            BrokerCompat::patch(GET_ALL_SUBSCRIPTIONGROUP_CONFIG, GROUPS_4).expect("patched");
+        let groups: SubscriptionGroupWrapper =
+            SubscriptionGroupWrapper::decode(&groups).expect("groups");
+        assert_eq!(groups.subscription_group_table["g"].retry_max_times(), 2);
+    }
+
+    #[test]
+    fn rocketmq_5_answers_are_left_alone() {
+        let route5 = br#"{"brokerDatas":[{"brokerAddrs":{"0":"a"},"brokerName":"b","cluster":"c","enableActingMaster":false}]}"#;
+        assert_eq!(BrokerCompat::patch(GET_ROUTEINFO_BY_TOPIC, route5), None);
+        assert_eq!(BrokerCompat::patch(310, ROUTE_4), None);
+    }
 }
