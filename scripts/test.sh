@@ -13,5 +13,13 @@ for deps in scripts/test-deps.d/*.sh; do
 done
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
-echo "==> tests"
-cargo test --release --workspace -- --test-threads 2
+# Every RocketMQ test runs against Apache RocketMQ 4.9.4 (the Java broker,
+# tests/common/broker.rs); the queue conformance suite and tests/rocketmq.rs
+# run again against Apache RocketMQ 5.x and the rocketmq-rust broker.
+echo "==> tests (RocketMQ broker: apache-4.9.4)"
+EXPORT_HOST_BROKER=apache-4.9.4 cargo test --release --workspace -- --test-threads 2
+for broker in apache-5 rust; do
+  echo "==> tests queue_conformance + rocketmq (RocketMQ broker: ${broker})"
+  EXPORT_HOST_BROKER="$broker" cargo test --release -p export-host \
+    --test queue_conformance --test rocketmq -- --test-threads 2
+done

@@ -1,11 +1,17 @@
-//! Test harness: a real RocketMQ name server + broker (the rocketmq-rust
-//! 1.0.0 binaries) on free ports with a temporary store.
+//! Test harness: a real RocketMQ name server + broker on free ports with a
+//! temporary store. Which servers is chosen by `EXPORT_HOST_BROKER`:
 //!
-//! The binaries come from `$EXPORT_HOST_ROCKETMQ_BIN` or
-//! `$HOME/.cache/export-host/rocketmq/bin` (installed by
-//! `scripts/test-deps.d/rocketmq.sh`). When they are missing the harness
-//! fails and says how to install them: a RocketMQ test never passes
-//! without a broker.
+//! * `apache-4.9.4` (the default): Apache RocketMQ 4.9.4, the Java
+//!   servers, from `$HOME/.cache/export-host/rocketmq-apache/4.9.4/lib`;
+//! * `apache-5`: Apache RocketMQ [`APACHE_5`], from
+//!   `$HOME/.cache/export-host/rocketmq-apache/<version>/lib`;
+//! * `rust`: the rocketmq-rust 1.0.0 binaries, from
+//!   `$EXPORT_HOST_ROCKETMQ_BIN` or `$HOME/.cache/export-host/rocketmq/bin`.
+//!
+//! The Java jars are fetched by `scripts/test-deps.d/rocketmq-apache.sh`,
+//! the Rust binaries built by `scripts/test-deps.d/rocketmq.sh`. When they
+//! are missing the harness fails and says how to install them: a RocketMQ
+//! test never passes without a broker.
 //!
 //! Servers are killed on `Drop`, and each one also gets a watchdog shell
 //! that kills it once the test process is gone, so a test binary that
@@ -23,7 +29,47 @@ use std::time::{Duration, Instant};
 const NAMESRV: &str = "rocketmq-namesrv-rust";
 const BROKER: &str = "rocketmq-broker-rust";
 
-/// Where the server binaries are.
+/// The Apache RocketMQ 5.x version `EXPORT_HOST_BROKER=apache-5` runs (the
+/// newest 5.x on Maven Central whose servers all are there; keep in step
+/// with `scripts/test-deps.d/rocketmq-apache.sh`).
+pub const APACHE_5: &str = "5.5.0";
+/// The Apache RocketMQ 4.x version, the default broker.
+pub const APACHE_4: &str = "4.9.4";
+
+/// Which servers the harness runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Apache RocketMQ's Java name server and broker of this version.
+    Apache(&'static str),
+    /// The rocketmq-rust 1.0.0 binaries.
+    Rust,
+}
+
+impl Kind {
+    /// From `EXPORT_HOST_BROKER` (unset: Apache RocketMQ 4.9.4).
+    pub fn from_env() -> Kind {
+        match std::env::var("EXPORT_HOST_BROKER").as_deref() {
+            Err(_) | Ok("") | Ok("apache-4.9.4") | Ok("apache-4") => Kind::Apache(APACHE_4),
+            Ok("apache-5") => Kind::Apache(APACHE_5),
+            Ok(v) if v == format!("apache-{APACHE_5}") => Kind::Apache(APACHE_5),
+            Ok("rust") => Kind::Rust,
+            Ok(other) => panic!(
+                "EXPORT_HOST_BROKER={other:?}: expected apache-4.9.4 (the default), apache-5 \
+                 ({APACHE_5}) or rust"
+            ),
+        }
+    }
+
+    /// `apache-4.9.4`, `apache-5.5.0`, `rust`.
+    pub fn label(&self) -> String {
+        match self {
+            Kind::Apache(v) => format!("apache-{v}"),
+            Kind::Rust => "rust".into(),
+        }
+    }
+}
+
+/// Where the rocketmq-rust server binaries are.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("EXPORT_HOST_ROCKETMQ_BIN") {
         return PathBuf::from(dir);
@@ -36,13 +82,80 @@ fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.is_file(),
-        "RocketMQ server binary {} is missing.\n\
+        "RocketMQ server binary {} is missing (EXPORT_HOST_BROKER=rust).\n\
          Install the rocketmq-rust 1.0.0 servers (≈20 min, once) with\n    \
          bash scripts/test-deps.d/rocketmq.sh\n\
          or point EXPORT_HOST_ROCKETMQ_BIN at a directory holding {NAMESRV} and {BROKER}.",
         path.display()
     );
     path
+}
+
+/// The jars of Apache RocketMQ `version` (name server, broker, tools).
+pub fn apache_lib(version: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let lib = PathBuf::from(home).join(format!(".cache/export-host/rocketmq-apache/{version}/lib"));
+    let complete = lib.parent().map(|d| d.join(".complete").is_file()) == Some(true);
+    let broker_jar = lib.join(format!("rocketmq-broker-{version}.jar"));
+    assert!(
+        complete && broker_jar.is_file(),
+        "Apache RocketMQ {version} jars are missing (looked for {}).\n\
+         Fetch them from Maven Central (≈30 s, once; needs java and mvn) with\n    \
+         bash scripts/test-deps.d/rocketmq-apache.sh",
+        broker_jar.display()
+    );
+    lib
+}
+
+/// JVM options of every Java server and tool: small heaps, everything
+/// (logs, config, `~/store` defaults) under `home`, and the module
+/// openings Java 17 needs for RocketMQ's direct-buffer handling.
+fn java(lib: &Path, home: &Path, heap: (&str, &str), main: &str) -> Command {
+    let mut cmd = Command::new("java");
+    cmd.arg(format!("-Xms{}", heap.0))
+        .arg(format!("-Xmx{}", heap.1))
+        .args([
+            "-XX:MaxDirectMemorySize=256m",
+            "-XX:+UseSerialGC",
+            "-XX:-UsePerfData",
+            "--add-opens=java.base/java.nio=ALL-UNNAMED",
+            "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+            "--add-opens=java.base/java.lang=ALL-UNNAMED",
+            "--add-opens=java.base/java.util=ALL-UNNAMED",
+            "--add-exports=java.base/sun.nio.ch=ALL-UNNAMED",
+            // 4.x cleans mapped files with jdk.internal.ref.Cleaner (a
+            // broker restarted after SIGKILL does so while loading).
+            "--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED",
+            "--add-exports=java.base/jdk.internal.ref=ALL-UNNAMED",
+            "--add-opens=java.base/jdk.internal.misc=ALL-UNNAMED",
+            "-Dio.netty.tryReflectionSetAccessible=true",
+        ])
+        .arg(format!("-Duser.home={}", home.display()))
+        .arg(format!("-Drocketmq.home.dir={}", home.display()))
+        .arg("-cp")
+        .arg(format!("{}/*", lib.display()))
+        .arg(main)
+        .env("ROCKETMQ_HOME", home)
+        .env("HOME", home);
+    cmd
+}
+
+/// RocketMQ 4.x reads `$ROCKETMQ_HOME/conf/logback_<name>.xml`: a file log
+/// under `home/logs` for each server and the tools (5.x has its own inside
+/// its jars and logs to `~/logs/rocketmqlogs`, i.e. `home` too).
+fn write_logback(home: &Path) {
+    let conf = home.join("conf");
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    for name in ["namesrv", "broker", "tools"] {
+        let xml = format!(
+            "<configuration>\n  <appender name=\"FILE\" class=\"ch.qos.logback.core.FileAppender\">\n    \
+             <file>{}/logs/{name}.log</file>\n    \
+             <encoder><pattern>%d{{HH:mm:ss.SSS}} %p [%t] %c{{0}} - %m%n</pattern></encoder>\n  \
+             </appender>\n  <root level=\"INFO\"><appender-ref ref=\"FILE\"/></root>\n</configuration>\n",
+            home.display()
+        );
+        std::fs::write(conf.join(format!("logback_{name}.xml")), xml).expect("logback conf");
+    }
 }
 
 fn port_free(port: u16) -> bool {
@@ -139,6 +252,7 @@ impl Server {
 /// A running name server + broker.
 pub struct Broker {
     dir: tempfile::TempDir,
+    pub kind: Kind,
     pub name_server: String,
     pub broker_addr: String,
     namesrv: Option<Server>,
@@ -147,14 +261,29 @@ pub struct Broker {
     broker_port: u16,
     ha_port: u16,
     starts: usize,
+    namesrv_starts: usize,
 }
 
 impl Broker {
-    /// Start a name server and a broker; returns once the broker is
-    /// registered.
+    /// Start a name server and a broker of the kind `EXPORT_HOST_BROKER`
+    /// names; returns once the broker is registered.
     pub fn start() -> Broker {
-        let namesrv_bin = binary(NAMESRV);
-        binary(BROKER);
+        Broker::start_kind(Kind::from_env())
+    }
+
+    /// Start a name server and a broker of this kind; returns once the
+    /// broker is registered.
+    pub fn start_kind(kind: Kind) -> Broker {
+        // Fail before anything is started when the servers are missing.
+        match kind {
+            Kind::Apache(v) => {
+                apache_lib(v);
+            }
+            Kind::Rust => {
+                binary(NAMESRV);
+                binary(BROKER);
+            }
+        }
         let dir = tempfile::Builder::new()
             .prefix("export-host-rocketmq-")
             .tempdir()
@@ -163,28 +292,23 @@ impl Broker {
         let (broker_port, ha_port) = broker_ports();
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).expect("home");
-        let mut cmd = Command::new(namesrv_bin);
-        cmd.args([
-            "--listenPort",
-            &namesrv_port.to_string(),
-            "--bindAddress",
-            "127.0.0.1",
-        ])
-        .arg("--rocketmqHome")
-        .arg(&home);
-        let namesrv = Server::spawn(cmd, &home, dir.path().join("namesrv.log"), Some(dir.path()));
+        if matches!(kind, Kind::Apache(_)) {
+            write_logback(&home);
+        }
         let mut b = Broker {
+            kind,
             name_server: format!("127.0.0.1:{namesrv_port}"),
             broker_addr: format!("127.0.0.1:{broker_port}"),
             dir,
-            namesrv: Some(namesrv),
+            namesrv: None,
             broker: None,
             namesrv_port,
             broker_port,
             ha_port,
             starts: 0,
+            namesrv_starts: 0,
         };
-        b.wait_port(namesrv_port, "name server");
+        b.start_name_server();
         b.start_broker();
         b
     }
@@ -194,6 +318,58 @@ impl Broker {
     pub fn shared() -> &'static Broker {
         static SHARED: OnceLock<Broker> = OnceLock::new();
         SHARED.get_or_init(Broker::start)
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn start_name_server(&mut self) {
+        let home = self.home();
+        self.namesrv_starts += 1;
+        let cmd = match self.kind {
+            Kind::Apache(v) => {
+                // The Java name server takes its port from a properties file.
+                let conf = self.dir.path().join("namesrv.conf");
+                std::fs::write(&conf, format!("listenPort={}\n", self.namesrv_port))
+                    .expect("namesrv.conf");
+                let mut cmd = java(
+                    &apache_lib(v),
+                    &home,
+                    ("256m", "512m"),
+                    "org.apache.rocketmq.namesrv.NamesrvStartup",
+                );
+                cmd.arg("-c").arg(&conf);
+                cmd
+            }
+            Kind::Rust => {
+                let mut cmd = Command::new(binary(NAMESRV));
+                cmd.args([
+                    "--listenPort",
+                    &self.namesrv_port.to_string(),
+                    "--bindAddress",
+                    "127.0.0.1",
+                ])
+                .arg("--rocketmqHome")
+                .arg(&home);
+                cmd
+            }
+        };
+        let log = self
+            .dir
+            .path()
+            .join(format!("namesrv-{}.log", self.namesrv_starts));
+        // The first name server's watchdog also removes the temp dir.
+        let cleanup = (self.namesrv_starts == 1).then(|| self.dir.path().to_path_buf());
+        self.namesrv = Some(Server::spawn(cmd, &home, log, cleanup.as_deref()));
+        self.wait_port(self.namesrv_port, "name server");
+        if matches!(self.kind, Kind::Apache(_)) {
+            self.wait_log(
+                false,
+                "The Name Server boot success",
+                "name server did not boot",
+            );
+        }
     }
 
     fn write_config(&self) -> PathBuf {
@@ -230,24 +406,53 @@ impl Broker {
 
     fn start_broker(&mut self) {
         let conf = self.write_config();
-        let home = self.dir.path().join("home");
+        let home = self.home();
         self.starts += 1;
-        let mut cmd = Command::new(binary(BROKER));
+        let mut cmd = match self.kind {
+            Kind::Apache(v) => java(
+                &apache_lib(v),
+                &home,
+                ("256m", "512m"),
+                "org.apache.rocketmq.broker.BrokerStartup",
+            ),
+            Kind::Rust => Command::new(binary(BROKER)),
+        };
         cmd.arg("-c").arg(&conf);
         let log = self.dir.path().join(format!("broker-{}.log", self.starts));
         self.broker = Some(Server::spawn(cmd, &home, log, None));
         self.wait_port(self.broker_port, "broker");
-        // Registered with the name server once the log says so.
+        // Registered with the name server once the log says so (the Java
+        // broker registers synchronously before it prints "boot success").
+        let ready = match self.kind {
+            Kind::Apache(_) => "boot success",
+            Kind::Rust => "Register broker to name remoting_server success",
+        };
+        self.wait_log(true, ready, "broker did not register with the name server");
+    }
+
+    /// Wait (60 s at most) until the broker's (or name server's) log of its
+    /// current run contains `needle`.
+    fn wait_log(&mut self, broker: bool, needle: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let log = self.broker_log();
-            if log.contains("Register broker to name remoting_server success") {
+            let server = if broker {
+                self.broker.as_mut()
+            } else {
+                self.namesrv.as_mut()
+            };
+            let Some(server) = server else {
+                panic!("{what}: not started");
+            };
+            if server.log().contains(needle) {
                 return;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("{what}: exited ({status}); log:\n{}", tail(&self.logs()));
             }
             assert!(
                 Instant::now() < deadline,
-                "broker did not register with the name server; log:\n{}",
-                tail(&log)
+                "{what} within 60 s; log:\n{}",
+                tail(&self.logs())
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -309,23 +514,42 @@ impl Broker {
     /// with it again at its next heartbeat (every 30 s).
     pub fn restart_name_server(&mut self) {
         self.kill_name_server();
-        let home = self.dir.path().join("home");
-        let mut cmd = Command::new(binary(NAMESRV));
-        cmd.args([
-            "--listenPort",
-            &self.namesrv_port.to_string(),
-            "--bindAddress",
-            "127.0.0.1",
-        ])
-        .arg("--rocketmqHome")
-        .arg(&home);
-        self.namesrv = Some(Server::spawn(
-            cmd,
+        self.start_name_server();
+    }
+
+    /// Run Apache RocketMQ's `mqadmin` (`MQAdminStartup`) against this
+    /// broker's name server: `args` = the subcommand and its options (`-n`
+    /// is added). An independent reader of what the broker holds. Uses the
+    /// tools of the same Apache version, 4.9.4's for the Rust broker.
+    /// Returns stdout; panics when mqadmin cannot run or exits non-zero.
+    pub fn mqadmin(&self, args: &[&str]) -> String {
+        let version = match self.kind {
+            Kind::Apache(v) => v,
+            Kind::Rust => APACHE_4,
+        };
+        let home = self.home();
+        if !home.join("conf/logback_tools.xml").is_file() {
+            write_logback(&home);
+        }
+        let out = java(
+            &apache_lib(version),
             &home,
-            self.dir.path().join("namesrv-2.log"),
-            None,
-        ));
-        self.wait_port(self.namesrv_port, "name server");
+            ("64m", "256m"),
+            "org.apache.rocketmq.tools.command.MQAdminStartup",
+        )
+        .args(args)
+        .args(["-n", &self.name_server])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mqadmin");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "mqadmin {args:?} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
     }
 
     pub fn broker_log(&self) -> String {
@@ -333,11 +557,27 @@ impl Broker {
     }
 
     pub fn logs(&self) -> String {
-        format!(
+        let mut out = format!(
             "--- namesrv ---\n{}\n--- broker ---\n{}",
             self.namesrv.as_ref().map(Server::log).unwrap_or_default(),
             self.broker_log()
-        )
+        );
+        // The Java servers log to files under home/logs (4.x: our logback
+        // files; 5.x: rocketmqlogs/); stdout says little.
+        if matches!(self.kind, Kind::Apache(_)) {
+            let logs = self.home().join("logs");
+            for name in [
+                "namesrv.log",
+                "broker.log",
+                "rocketmqlogs/namesrv.log",
+                "rocketmqlogs/broker.log",
+            ] {
+                if let Ok(text) = std::fs::read_to_string(logs.join(name)) {
+                    out.push_str(&format!("\n--- {name} ---\n{}", tail(&text)));
+                }
+            }
+        }
+        out
     }
 
     pub fn dir(&self) -> &Path {
