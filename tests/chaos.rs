@@ -1124,6 +1124,27 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
             named.push((["worker-1", "worker-2", "worker-n"][i.min(2)], w.all_logs()));
         }
         (report.republished, report.republished_lines) = republished(&named[0].1, &named);
+        // Which layer lost them: does the broker hold the original message
+        // beside the one published again (both carry the task id as key)?
+        // Apache's own mqadmin reads it.
+        for id in report.republished.iter().take(3) {
+            for t in [topic.clone(), format!("{topic}_HIGH")] {
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    broker.mqadmin(&["queryMsgByKey", "-t", &t, "-k", id])
+                }));
+                let text = match read {
+                    Ok(out) => out
+                        .lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" | "),
+                    Err(_) => "mqadmin failed".into(),
+                };
+                report
+                    .republished_lines
+                    .push_str(&format!("  mqadmin queryMsgByKey -t {t} -k {id}: {text}\n"));
+            }
+        }
     }
     report.assert_ok(|| {
         let mut named = vec![("api", api.all_logs())];

@@ -620,3 +620,78 @@ async fn a_broker_outage_during_a_render_neither_loses_nor_re_renders_the_task()
         assert_eq!(t["attempts"], 1, "rendered once: {why}");
     }
 }
+
+/// `rocketmq.tag` written with spaces, as config/rocketmq.yaml writes it
+/// (`"docx || pdf"`): the consumer gets the tasks of those formats and no
+/// others. (The client hashes the tags as written and the broker filters
+/// on the hashes, so untrimmed tags matched nothing.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_expression_with_spaces_selects_those_formats() {
+    use async_trait::async_trait;
+    use export_host::config::RocketMqConfig;
+    use export_host::ids::{TaskId, TemplateId, TenantId};
+    use export_host::queue::rocketmq::RocketMqQueue;
+    use export_host::queue::{
+        Delivery, Disposition, MESSAGE_VERSION, TaskHandler, TaskMessage, TaskQueue,
+    };
+    use std::sync::{Arc, Mutex};
+
+    struct Formats(Mutex<Vec<String>>);
+    #[async_trait]
+    impl TaskHandler for Formats {
+        async fn handle(&self, d: Delivery) -> Disposition {
+            self.0.lock().expect("lock").push(d.message.output_format);
+            Disposition::Ack
+        }
+    }
+
+    let broker = tokio::task::spawn_blocking(Broker::shared)
+        .await
+        .expect("broker");
+    let queue = Box::pin(RocketMqQueue::connect(RocketMqConfig {
+        enabled: true,
+        name_server: broker.name_server.clone(),
+        topic: unique("tags"),
+        consumer_group: unique("tags_consumer"),
+        producer_group: unique("tags_producer"),
+        tag: "docx || pdf".into(),
+        ..Default::default()
+    }))
+    .await
+    .expect("connect");
+    let message = |format: &str| TaskMessage {
+        v: MESSAGE_VERSION,
+        task_id: TaskId::generate(),
+        tenant: TenantId::default_tenant(),
+        template_id: TemplateId::parse("t").expect("id"),
+        output_format: format.into(),
+        priority: 0,
+        data: serde_json::value::RawValue::from_string("{}".into()).expect("raw"),
+        created_at: chrono::Utc::now(),
+        round: 0,
+        options: Default::default(),
+    };
+    queue
+        .publish(vec![
+            message("txt"),
+            message("docx"),
+            message("pdf"),
+            message("txt"),
+        ])
+        .await
+        .expect("publish");
+    let seen = Arc::new(Formats(Mutex::default()));
+    queue.start_consuming(seen.clone(), 2).await.expect("start");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.0.lock().expect("lock").len() < 2 {
+        assert!(Instant::now() < deadline, "tagged tasks not delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for the untagged ones to turn up, if they were going to.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    queue.stop_consuming().await;
+    let mut formats = seen.0.lock().expect("lock").clone();
+    formats.sort();
+    assert_eq!(formats, ["docx", "pdf"]);
+    queue.close().await;
+}
