@@ -526,21 +526,28 @@ async fn a_lost_message_is_published_again_and_the_task_finishes(q: Arc<dyn Task
     store.apply(vec![transient]).await.expect("apply");
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut republished = Vec::new();
-    while republished.len() < 2 {
+    let want: std::collections::BTreeSet<String> =
+        [fresh.task_id.to_string(), retried.task_id.to_string()].into();
+    let mut republished = std::collections::BTreeSet::new();
+    let mut last = Vec::new();
+    while republished != want {
         assert!(
             Instant::now() < deadline,
             "not published again within 60 s: {republished:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        republished.extend(reconciler.pass().await.expect("pass"));
+        last = reconciler.pass().await.expect("pass");
+        republished.extend(last.iter().cloned());
+        assert!(republished.is_subset(&want), "{republished:?}");
     }
-    republished.sort();
-    let mut want = vec![fresh.task_id.to_string(), retried.task_id.to_string()];
-    want.sort();
-    assert_eq!(republished, want);
-    // Touched by the republish: not sent a second time right away.
-    assert_eq!(reconciler.pass().await.expect("pass"), Vec::<String>::new());
+    // Touched by the republish: not sent again by the very next pass. (One
+    // published in an earlier pass may be due again by now: with a backlog,
+    // RocketMQ's rule gives it only BACKLOG_PATIENCE times the stall time.)
+    let again = reconciler.pass().await.expect("pass");
+    assert!(
+        again.iter().all(|id| !last.contains(id)),
+        "published again right after: {again:?} (last pass: {last:?})"
+    );
 
     // The real worker gets them, as attempt 1 and 2, and records success.
     struct Succeeding(TaskStore, Mutex<Vec<(String, u32)>>);
@@ -595,14 +602,16 @@ async fn a_lost_message_is_published_again_and_the_task_finishes(q: Arc<dyn Task
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     q.stop_consuming().await;
-    let mut seen = worker.1.lock().expect("lock").clone();
-    seen.sort();
-    let mut want = vec![
+    // Each delivered as the attempt it was at (a task published again twice
+    // while it waited is delivered twice; a duplicate is harmless).
+    let seen: std::collections::BTreeSet<(String, u32)> =
+        worker.1.lock().expect("lock").iter().cloned().collect();
+    let want: std::collections::BTreeSet<(String, u32)> = [
         (fresh.task_id.to_string(), 1),
         (retried.task_id.to_string(), 2),
-    ];
-    want.sort();
-    assert_eq!(seen, want, "each delivered once, as the attempt it was at");
+    ]
+    .into();
+    assert_eq!(seen, want, "deliveries as the attempt each was at");
     // Finished tasks are never published again.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(reconciler.pass().await.expect("pass"), Vec::<String>::new());
