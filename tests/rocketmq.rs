@@ -380,9 +380,10 @@ async fn broker_killed_and_restarted_loses_no_accepted_task() {
         assert_eq!(t["status"], "succeeded", "accepted task {id} lost: {t}");
     }
     eprintln!(
-        "broker restart: {} accepted, {refused} batches refused; accepting again {back_after:?} after the broker was back; all done {:?} after it",
+        "broker restart: {} accepted, {refused} batches refused; accepting again {back_after:?} after the broker was back; all done {:?} after it; {} published again by reconciliation",
         accepted.len(),
-        restarted.elapsed()
+        restarted.elapsed(),
+        s.log().matches("publishing it again").count()
     );
 }
 

@@ -22,7 +22,10 @@
 //!   published again;
 //! * otherwise (RocketMQ) a `queued` task waits while the queue has a
 //!   backlog (it may simply be behind it), up to [`BACKLOG_PATIENCE`] times
-//!   its expected time;
+//!   its expected time, and not at all while the backlog is not being
+//!   consumed (a consumer still reconnecting after a broker restart: on
+//!   Apache 5.5.0 that took over a minute, and publishing every waiting
+//!   task again would only double the backlog);
 //! * a task published again counts as touched: the next one waits a whole
 //!   expected time more.
 
@@ -97,13 +100,40 @@ impl Policy {
 }
 
 pub struct Reconciler {
-    pub store: TaskStore,
-    pub queue: Arc<dyn TaskQueue>,
-    pub policy: Policy,
-    pub telemetry: Arc<Telemetry>,
+    store: TaskStore,
+    queue: Arc<dyn TaskQueue>,
+    policy: Policy,
+    telemetry: Arc<Telemetry>,
+    /// Messages consumed so far, as the last pass read the queue's stats.
+    consumed: std::sync::Mutex<Option<u64>>,
+}
+
+/// Whether the queue's consumers got anywhere between two readings of
+/// "messages consumed" (`None`: unreadable). Unknown counts as moving, so
+/// an unreadable queue never stops reconciliation for good.
+fn consumer_moving(before: Option<u64>, now: Option<u64>) -> bool {
+    match (before, now) {
+        (Some(b), Some(n)) => n > b,
+        _ => true,
+    }
 }
 
 impl Reconciler {
+    pub fn new(
+        store: TaskStore,
+        queue: Arc<dyn TaskQueue>,
+        policy: Policy,
+        telemetry: Arc<Telemetry>,
+    ) -> Reconciler {
+        Reconciler {
+            store,
+            queue,
+            policy,
+            telemetry,
+            consumed: std::sync::Mutex::new(None),
+        }
+    }
+
     /// One pass: publish again the tasks that look lost. Returns their ids.
     pub async fn pass(&self) -> Result<Vec<String>, ReconcileError> {
         let now = Utc::now();
@@ -129,16 +159,30 @@ impl Reconciler {
         match self.queue.holds(ids).await? {
             Some(held) => due.retain(|t| !held.contains(&t.task_id)),
             None => {
-                // Behind a backlog a queued task may just be waiting.
-                let backlog = match self.queue.stats().await {
-                    Ok(s) => s.ready > 0 || s.total_lag() > 0,
-                    Err(_) => true,
+                // Behind a backlog a queued task may just be waiting; and
+                // while nothing is consumed at all (a consumer reconnecting
+                // after a broker restart) publishing it again cannot help.
+                let stats = self.queue.stats().await.ok();
+                let backlog = stats
+                    .as_ref()
+                    .is_none_or(|s| s.ready > 0 || s.total_lag() > 0);
+                let consumed = stats
+                    .as_ref()
+                    .map(|s| s.total_messages.saturating_sub(s.total_lag()));
+                let moving = {
+                    let mut last = self.consumed.lock().expect("reconcile state");
+                    let moving = consumer_moving(*last, consumed);
+                    if consumed.is_some() {
+                        *last = consumed;
+                    }
+                    moving
                 };
                 if backlog {
                     due.retain(|t| {
                         t.status != TaskStatus::Queued
-                            || idle(t)
-                                > self.policy.expected(t.status, t.attempts) * BACKLOG_PATIENCE
+                            || (moving
+                                && idle(t)
+                                    > self.policy.expected(t.status, t.attempts) * BACKLOG_PATIENCE)
                     });
                 }
             }
@@ -215,6 +259,14 @@ mod tests {
         // Beyond the schedule the last delay repeats.
         assert_eq!(p.expected(TaskStatus::Queued, 7), Duration::from_secs(90));
         assert_eq!(p.expected(TaskStatus::Running, 2), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_consumer_is_moving_when_its_count_grows_or_is_unknown() {
+        assert!(consumer_moving(Some(5), Some(6)));
+        assert!(!consumer_moving(Some(5), Some(5)));
+        assert!(consumer_moving(None, Some(5)));
+        assert!(consumer_moving(Some(5), None));
     }
 
     #[test]

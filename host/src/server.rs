@@ -185,12 +185,12 @@ impl Server {
         if role.runs_api() {
             spawn_retention(state.store.clone(), state.config.clone());
             if state.config.queue.reconcile.enabled {
-                crate::reconcile::Reconciler {
-                    store: state.store.clone(),
-                    queue: state.queue.clone(),
-                    policy: crate::reconcile::Policy::from_config(&state.config),
-                    telemetry: state.telemetry.clone(),
-                }
+                crate::reconcile::Reconciler::new(
+                    state.store.clone(),
+                    state.queue.clone(),
+                    crate::reconcile::Policy::from_config(&state.config),
+                    state.telemetry.clone(),
+                )
                 .spawn(
                     std::time::Duration::from_millis(state.config.queue.reconcile.interval_ms),
                     shutdown.clone(),

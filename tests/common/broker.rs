@@ -618,10 +618,11 @@ pub fn unique(prefix: &str) -> String {
 
 /// Config YAML for a server on the broker at `name_server` with these
 /// topic and group names; `more` goes on inside the `rocketmq:` block (or
-/// starts blocks of its own).
+/// starts blocks of its own, `queue:` too: `rocketmq.enabled` selects the
+/// backend).
 pub fn rocketmq_yaml(name_server: &str, topic: &str, group: &str, more: &str) -> String {
     format!(
-        "queue:\n  backend: rocketmq\nrocketmq:\n  enabled: true\n  name_server: \"{name_server}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n{more}"
+        "rocketmq:\n  enabled: true\n  name_server: \"{name_server}\"\n  topic: \"{topic}\"\n  consumer_group: \"{group}\"\n  producer_group: \"{group}_producer\"\n{more}"
     )
 }
 

@@ -952,7 +952,6 @@ mod tests {
     use super::*;
     use rocketmq_protocol::protocol::RemotingDeserializable;
     use rocketmq_protocol::protocol::admin::consume_stats::ConsumeStats;
-    use rocketmq_protocol::protocol::admin::topic_stats_table::TopicStatsTable;
     use rocketmq_protocol::protocol::body::broker_body::cluster_info::ClusterInfo;
     use rocketmq_protocol::protocol::body::subscription_group_wrapper::SubscriptionGroupWrapper;
     use rocketmq_protocol::protocol::route::topic_route_data::TopicRouteData;
@@ -962,7 +961,6 @@ mod tests {
     const ROUTE_4: &[u8] = br#"{"brokerDatas":[{"brokerAddrs":{0:"127.0.0.1:10911"},"brokerName":"broker-a","cluster":"DefaultCluster"}],"filterServerTable":{},"queueDatas":[{"brokerName":"broker-a","perm":6,"readQueueNums":4,"topicSysFlag":0,"writeQueueNums":4}]}"#;
     const CLUSTER_4: &[u8] = br#"{"brokerAddrTable":{"broker-a":{"brokerAddrs":{0:"127.0.0.1:10911"},"brokerName":"broker-a","cluster":"DefaultCluster"}},"clusterAddrTable":{"DefaultCluster":["broker-a"]}}"#;
     const STATS_4: &[u8] = br#"{"consumeTps":0.0,"offsetTable":{{"brokerName":"broker-a","queueId":0,"topic":"T"}:{"brokerOffset":7,"consumerOffset":5,"lastTimestamp":1}}}"#;
-    const TOPIC_STATS_4: &[u8] = br#"{"offsetTable":{{"brokerName":"broker-a","queueId":0,"topic":"T"}:{"lastUpdateTimestamp":1,"maxOffset":9,"minOffset":0}}}"#;
     const GROUPS_4: &[u8] = br#"{"dataVersion":{"counter":3,"timestamp":1},"subscriptionGroupTable":{"g":{"groupName":"g","retryMaxTimes":2}}}"#;
 
     #[test]
