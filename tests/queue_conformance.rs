@@ -471,18 +471,7 @@ async fn a_lost_message_is_published_again_and_the_task_finishes(q: Arc<dyn Task
     let dir = tempfile::tempdir().expect("tempdir");
     let store = TaskStore::open(dir.path(), dir.path(), SyncMode::Normal).expect("store");
     let (fresh, retried) = (message(0), message(0));
-    let tasks = [&fresh, &retried]
-        .iter()
-        .map(|m| NewTask {
-            task_id: m.task_id.clone(),
-            tenant: m.tenant.clone(),
-            template_id: m.template_id.to_string(),
-            output_format: m.output_format.clone(),
-            priority: m.priority,
-            created_at: m.created_at,
-            message: m.to_bytes(),
-        })
-        .collect();
+    let tasks = [&fresh, &retried].iter().map(|m| NewTask::of(m)).collect();
     store.insert(tasks).await.expect("insert");
     q.publish(vec![fresh.clone(), retried.clone()])
         .await
@@ -629,18 +618,7 @@ async fn a_waiting_message_is_not_published_again(q: Arc<dyn TaskQueue>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = TaskStore::open(dir.path(), dir.path(), SyncMode::Normal).expect("store");
     let m = message(0);
-    store
-        .insert(vec![NewTask {
-            task_id: m.task_id.clone(),
-            tenant: m.tenant.clone(),
-            template_id: m.template_id.to_string(),
-            output_format: m.output_format.clone(),
-            priority: m.priority,
-            created_at: m.created_at,
-            message: m.to_bytes(),
-        }])
-        .await
-        .expect("insert");
+    store.insert(vec![NewTask::of(&m)]).await.expect("insert");
     q.publish(vec![m.clone()]).await.expect("publish");
     let stall = Duration::from_millis(300);
     let reconciler = Reconciler::new(

@@ -395,7 +395,7 @@ async fn accept(
         let task_id = TaskId::generate();
         let message = TaskMessage {
             v: MESSAGE_VERSION,
-            task_id: task_id.clone(),
+            task_id,
             tenant: tenant.clone(),
             template_id: template_id.clone(),
             output_format: format.name.clone(),
@@ -405,15 +405,7 @@ async fn accept(
             round: 0,
             options: options.clone(),
         };
-        tasks.push(NewTask {
-            task_id,
-            tenant: tenant.clone(),
-            template_id: template_id.to_string(),
-            output_format: format.name.clone(),
-            priority,
-            created_at,
-            message: message.to_bytes(),
-        });
+        tasks.push(NewTask::of(&message));
         messages.push(message);
     }
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id.clone()).collect();

@@ -80,6 +80,21 @@ pub struct NewTask {
     pub message: Vec<u8>,
 }
 
+impl NewTask {
+    /// The record of a task accepted with this message.
+    pub fn of(m: &crate::queue::TaskMessage) -> NewTask {
+        NewTask {
+            task_id: m.task_id.clone(),
+            tenant: m.tenant.clone(),
+            template_id: m.template_id.to_string(),
+            output_format: m.output_format.clone(),
+            priority: m.priority,
+            created_at: m.created_at,
+            message: m.to_bytes(),
+        }
+    }
+}
+
 /// An open task whose last progress is older than the cutoff asked for
 /// ([`TaskStore::stalled`]).
 #[derive(Debug, Clone)]
