@@ -572,13 +572,6 @@ impl RocketMqConfig {
             .copied()
             .unwrap_or_default()
     }
-
-    /// The delays before each of the `max_reconsume_times` retries.
-    pub fn retry_schedule(&self) -> Vec<Duration> {
-        (0..self.max_reconsume_times)
-            .map(|n| self.level_delay(self.delay_level(n)))
-            .collect()
-    }
 }
 
 impl Default for RocketMqConfig {

@@ -155,9 +155,9 @@ struct Dispatch {
     producer: Arc<RocketMqProducer>,
     max_attempts: u32,
     consume_timeout: Duration,
-    /// `rocketmq.retry_delay_level` and `retry_max_delay_level`: the delay
-    /// level a retry is sent back with (see [`crate::config::RocketMqConfig::delay_level`]).
-    retry_levels: (u32, u32),
+    /// The `rocketmq:` config, for the delay level a retry is sent back
+    /// with ([`crate::config::RocketMqConfig::delay_level`]).
+    config: crate::config::RocketMqConfig,
     in_flight: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     gate: PriorityGate,
@@ -256,7 +256,7 @@ impl RocketMqConsumer {
             producer: self.producer.clone(),
             max_attempts: cfg.max_reconsume_times + 1,
             consume_timeout: Duration::from_secs(cfg.consume_timeout.saturating_mul(60)),
-            retry_levels: (cfg.retry_delay_level, cfg.retry_max_delay_level),
+            config: cfg.clone(),
             in_flight: self.in_flight.clone(),
             metrics: self.metrics.clone(),
             gate: PriorityGate {
@@ -544,11 +544,11 @@ impl LaneCtx {
         // Send the failed ones back one by one at the configured delay
         // level (the listener cannot set the level of `RECONSUME_LATER`),
         // so that acknowledged ones of a batch are not delivered again.
-        let (first, cap) = self.dispatch.retry_levels;
         for msg in retry {
-            let level = first
-                .saturating_add(msg.reconsume_times().max(0) as u32)
-                .min(cap) as i32;
+            let level = self
+                .dispatch
+                .config
+                .delay_level(msg.reconsume_times().max(0) as u32) as i32;
             if let Err(e) = (self.send_back)(msg, mq.clone(), level).await {
                 tracing::warn!(error = %e, "send back failed; the whole batch is re-delivered at the broker's delay level");
                 return ConsumeConcurrentlyStatus::ReconsumeLater;
