@@ -430,17 +430,23 @@ fn lines_about(report: &Report, logs: &[(&str, String)]) -> String {
     if ids.is_empty() {
         return String::new();
     }
-    let mut out = String::from("--- lines naming those tasks ---\n");
-    let mut n = 0;
-    for (name, text) in logs {
-        for line in text.lines().filter(|l| ids.iter().any(|id| l.contains(id))) {
-            if n < 200 {
-                out.push_str(&format!("[{name}] {line}\n"));
-            }
-            n += 1;
-        }
-    }
-    out
+    format!(
+        "--- lines naming those tasks ---\n{}",
+        lines_naming(&ids, logs, 200, "")
+    )
+}
+
+/// The first `cap` lines of `logs` that name one of `ids`, each as
+/// `<indent>[<process>] <line>`.
+fn lines_naming(ids: &[&str], logs: &[(&str, String)], cap: usize, indent: &str) -> String {
+    logs.iter()
+        .flat_map(|(name, text)| {
+            text.lines()
+                .filter(|l| ids.iter().any(|id| l.contains(id)))
+                .map(move |line| format!("{indent}[{name}] {line}\n"))
+        })
+        .take(cap)
+        .collect()
 }
 
 /// The tasks the reconciliation of the API process(es) in `api_logs`
@@ -462,20 +468,8 @@ fn republished(api_logs: &str, logs: &[(&str, String)]) -> (Vec<String>, String)
             }
         }
     }
-    let mut out = String::new();
-    let first: Vec<&String> = ids.iter().take(3).collect();
-    let mut n = 0;
-    for (name, text) in logs {
-        for line in text
-            .lines()
-            .filter(|l| first.iter().any(|id| l.contains(id.as_str())))
-        {
-            if n < 60 {
-                out.push_str(&format!("  [{name}] {line}\n"));
-            }
-            n += 1;
-        }
-    }
+    let first: Vec<&str> = ids.iter().take(3).map(String::as_str).collect();
+    let out = lines_naming(&first, logs, 60, "  ");
     (ids, out)
 }
 
@@ -936,19 +930,9 @@ async fn embedded_backend_survives_kill9() {
         "only {} accepted",
         report.accepted
     );
-    {
-        let all = proc.all_logs();
-        (report.republished, report.republished_lines) =
-            republished(&all, &[("host", all.clone())]);
-    }
-    report.assert_ok(|| {
-        let all = proc.all_logs();
-        format!(
-            "{}\n{}",
-            lines_about(&report, &[("host", all.clone())]),
-            tail(&all)
-        )
-    });
+    let logs = [("host", proc.all_logs())];
+    (report.republished, report.republished_lines) = republished(&logs[0].1, &logs);
+    report.assert_ok(|| format!("{}\n{}", lines_about(&report, &logs), tail(&logs[0].1)));
 }
 
 // ---------------------------------------------------------------- rocketmq
@@ -1118,11 +1102,11 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
         "only {} accepted",
         report.accepted
     );
+    let mut named = vec![("api", api.all_logs())];
+    for (i, w) in workers.iter().enumerate() {
+        named.push((["worker-1", "worker-2", "worker-n"][i.min(2)], w.all_logs()));
+    }
     {
-        let mut named = vec![("api", api.all_logs())];
-        for (i, w) in workers.iter().enumerate() {
-            named.push((["worker-1", "worker-2", "worker-n"][i.min(2)], w.all_logs()));
-        }
         (report.republished, report.republished_lines) = republished(&named[0].1, &named);
         // Which layer lost them: does the broker hold the original message
         // beside the one published again (both carry the task id as key)?
@@ -1147,17 +1131,13 @@ async fn rocketmq_split_roles_survive_kills_and_broker_restarts() {
         }
     }
     report.assert_ok(|| {
-        let mut named = vec![("api", api.all_logs())];
-        for (i, w) in workers.iter().enumerate() {
-            named.push((["worker-1", "worker-2", "worker-n"][i.min(2)], w.all_logs()));
-        }
         format!(
             "{}--- api ---\n{}\n--- workers ---\n{}\n--- broker ---\n{}",
             lines_about(&report, &named),
-            tail(&api.all_logs()),
-            workers
+            tail(&named[0].1),
+            named[1..]
                 .iter()
-                .map(|w| tail(&w.all_logs()))
+                .map(|(_, log)| tail(log))
                 .collect::<Vec<_>>()
                 .join("\n---\n"),
             tail(&broker.logs())
