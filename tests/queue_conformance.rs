@@ -647,6 +647,15 @@ async fn a_waiting_message_is_not_published_again(q: Arc<dyn TaskQueue>) {
     assert_eq!(h.seen().len(), 1);
 }
 
+/// The backend's logs, shown with a failing test's output (a broker that
+/// did not confirm the final offsets, a reconnect, ... say why).
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,export_host=info")
+        .with_test_writer()
+        .try_init();
+}
+
 /// Runs every check, each on a fresh queue from `make`.
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
@@ -654,47 +663,58 @@ macro_rules! conformance {
             use super::*;
             #[tokio::test(flavor = "multi_thread")]
             async fn delivers_every_message_once() {
+                logs();
                 super::delivers_every_message_once($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn retry_redelivers_with_the_next_attempt() {
+                logs();
                 super::retry_redelivers_with_the_next_attempt($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn dead_goes_to_the_dead_letter_queue() {
+                logs();
                 super::dead_goes_to_the_dead_letter_queue($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn exhausted_retries_are_recorded_before_the_dead_letter_queue() {
+                logs();
                 super::exhausted_retries_are_recorded_before_the_dead_letter_queue($make.await)
                     .await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn higher_priority_first() {
+                logs();
                 super::higher_priority_first($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn stop_waits_for_deliveries_in_flight() {
+                logs();
                 super::stop_waits_for_deliveries_in_flight($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn tenant_in_flight_limit_holds_and_costs_no_attempts() {
+                logs();
                 super::tenant_in_flight_limit_holds_and_costs_no_attempts($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn replay_runs_a_dead_message_once_more() {
+                logs();
                 super::replay_runs_a_dead_message_once_more($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn a_lost_message_is_published_again_and_the_task_finishes() {
+                logs();
                 super::a_lost_message_is_published_again_and_the_task_finishes($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn a_waiting_message_is_not_published_again() {
+                logs();
                 super::a_waiting_message_is_not_published_again($make.await).await
             }
             #[tokio::test(flavor = "multi_thread")]
             async fn second_consumer_is_refused() {
+                logs();
                 super::second_consumer_is_refused($make.await).await
             }
         }

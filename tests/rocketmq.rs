@@ -696,3 +696,103 @@ async fn a_tag_expression_with_spaces_selects_those_formats() {
     assert_eq!(formats, ["docx", "pdf"]);
     queue.close().await;
 }
+
+/// The answered offset commit `stop_consuming` falls back on when the
+/// broker does not show the client's one-way commit (a lost one left 32
+/// tasks "lagging" after they were consumed, and due again at the next
+/// start): it moves the group's offsets on the broker, as Apache's own
+/// `mqadmin consumerProgress` reads them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answered_offset_commit_shows_in_mqadmin_consumer_progress() {
+    use export_host::config::RocketMqConfig;
+    use export_host::ids::{TaskId, TemplateId, TenantId};
+    use export_host::queue::rocketmq::RocketMqQueue;
+    use export_host::queue::rocketmq::connection::{Names, RocketMqConnection};
+    use export_host::queue::rocketmq::monitor::RocketMqMonitor;
+    use export_host::queue::{MESSAGE_VERSION, TaskMessage, TaskQueue};
+    use std::sync::Arc;
+
+    let broker = tokio::task::spawn_blocking(Broker::shared)
+        .await
+        .expect("broker");
+    let cfg = RocketMqConfig {
+        enabled: true,
+        name_server: broker.name_server.clone(),
+        topic: unique("commit"),
+        consumer_group: unique("commit_consumer"),
+        producer_group: unique("commit_producer"),
+        ..Default::default()
+    };
+    let queue = Box::pin(RocketMqQueue::connect(cfg.clone()))
+        .await
+        .expect("connect");
+    // mqadmin reads a group's progress through its retry topic, which the
+    // broker makes when a consumer of the group first registers: no
+    // consumer runs here, so make it.
+    let conn = Arc::new(RocketMqConnection::new(cfg.clone()));
+    conn.connect().await.expect("admin connection");
+    conn.ensure_topic(&Names::retry_topic(&cfg.consumer_group), 1)
+        .await
+        .expect("retry topic");
+    let messages: Vec<TaskMessage> = (0..6)
+        .map(|_| TaskMessage {
+            v: MESSAGE_VERSION,
+            task_id: TaskId::generate(),
+            tenant: TenantId::default_tenant(),
+            template_id: TemplateId::parse("t").expect("id"),
+            output_format: "txt".into(),
+            priority: 0,
+            data: serde_json::value::RawValue::from_string("{}".into()).expect("raw"),
+            created_at: chrono::Utc::now(),
+            round: 0,
+            options: Default::default(),
+        })
+        .collect();
+    queue.publish(messages).await.expect("publish");
+    queue.close().await;
+
+    let monitor = RocketMqMonitor::new(conn.clone());
+    let queues = monitor
+        .topic_offsets_by_broker(&cfg.topic)
+        .await
+        .expect("topic offsets");
+    assert_eq!(queues.iter().map(|q| q.max).sum::<i64>(), 6, "{queues:?}");
+    // Nothing consumed them: commit every queue up to its end.
+    let commit: Vec<((String, i32), i64)> = queues
+        .iter()
+        .map(|q| ((q.broker.clone(), q.queue_id), q.max))
+        .collect();
+    monitor
+        .commit_offsets(&cfg.consumer_group, &cfg.topic, commit)
+        .await
+        .expect("commit");
+    let shown = monitor
+        .consume_offsets(&cfg.consumer_group, &cfg.topic)
+        .await
+        .expect("consume offsets");
+    conn.disconnect().await;
+    for q in &queues {
+        let s = shown
+            .iter()
+            .find(|s| s.broker == q.broker && s.queue_id == q.queue_id)
+            .unwrap_or_else(|| panic!("queue {q:?} in {shown:?}"));
+        assert_eq!(s.consumer_offset, q.max, "{shown:?}");
+    }
+
+    // Apache's mqadmin, a reader that is not our client: per queue
+    // `#Topic #Broker Name #QID #Broker Offset #Consumer Offset ...`.
+    let out = broker.mqadmin(&["consumerProgress", "-g", &cfg.consumer_group]);
+    let (mut rows, mut consumed) = (0, 0);
+    for line in out.lines().filter(|l| l.starts_with(cfg.topic.as_str())) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (broker_offset, consumer_offset): (i64, i64) = (
+            cols[3].parse().expect("broker offset"),
+            cols[4].parse().expect("consumer offset"),
+        );
+        rows += 1;
+        consumed += consumer_offset;
+        assert_eq!(consumer_offset, broker_offset, "{out}");
+    }
+    assert_eq!(rows, queues.len(), "one row per queue:\n{out}");
+    assert_eq!(consumed, 6, "{out}");
+}

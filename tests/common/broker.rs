@@ -549,6 +549,12 @@ impl Broker {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        // mqadmin exits 0 when a sub-command fails: it says so on stderr.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("command failed"),
+            "mqadmin {args:?} failed:\n{stdout}\n{stderr}"
+        );
         stdout
     }
 

@@ -44,7 +44,7 @@ use tokio::sync::Semaphore;
 
 use super::Lane;
 use super::connection::{ClientEnv, RocketMqConnection};
-use super::monitor::{Metrics, RocketMqMonitor};
+use super::monitor::{Metrics, QueueOffsets, RocketMqMonitor};
 use super::producer::RocketMqProducer;
 use crate::queue::{Delivery, Disposition, QueueError, TaskHandler, TaskMessage};
 
@@ -65,11 +65,16 @@ const DELAY_LEVEL_DEFER: i32 = 1;
 pub const PROP_ATTEMPT_BASE: &str = "EXPORT_ATTEMPT_BASE";
 /// How long `stop_consuming` waits for the broker to show the final offsets.
 const OFFSET_COMMIT_WAIT: Duration = Duration::from_secs(5);
+/// How long `stop_consuming` trusts the client's one-way offset commits
+/// before it commits what the broker does not show yet itself.
+const ONEWAY_COMMIT_GRACE: Duration = Duration::from_secs(1);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type SendBackFn =
     Arc<dyn Fn(MessageExt, MessageQueue, i32) -> BoxFuture<Result<(), String>> + Send + Sync>;
 type OffsetsFn = Arc<dyn Fn() -> Option<Arc<OffsetStore>> + Send + Sync>;
+/// Consumed offsets by `(broker name, queue id)`.
+type QueueOffsetMap = HashMap<(String, i32), i64>;
 
 pub struct RocketMqConsumer {
     conn: Arc<RocketMqConnection>,
@@ -394,7 +399,7 @@ impl RocketMqConsumer {
         let Some(running) = self.running.lock().await.take() else {
             return;
         };
-        let mut committed: Vec<(String, String, HashMap<(String, i32), i64>)> = Vec::new();
+        let mut committed: Vec<(String, String, QueueOffsetMap)> = Vec::new();
         for lane in running.lanes {
             let (group, topic, offsets) =
                 (lane.group.clone(), lane.topic.clone(), lane.offsets.clone());
@@ -412,32 +417,46 @@ impl RocketMqConsumer {
         }
         self.consuming.store(false, Ordering::SeqCst);
         // The client commits offsets one-way at shutdown: wait until the
-        // broker shows them, so the lag read right after is exact.
-        let deadline = Instant::now() + OFFSET_COMMIT_WAIT;
+        // broker shows them, so the lag read right after is exact. A commit
+        // the broker has not shown after ONEWAY_COMMIT_GRACE is sent again
+        // as a request it answers (a lost one-way commit would otherwise
+        // leave the lag up and re-deliver those tasks at the next start).
+        let start = Instant::now();
+        let deadline = start + OFFSET_COMMIT_WAIT;
         for (group, topic, local) in committed {
             if local.is_empty() {
                 continue;
             }
+            let mut resent = false;
             loop {
-                let done = match self.monitor.consume_offsets(&group, &topic).await {
-                    Ok(qs) => local.iter().all(|((broker, qid), offset)| {
-                        qs.iter().any(|q| {
-                            (q.broker.is_empty() || &q.broker == broker)
-                                && q.queue_id == *qid
-                                && q.consumer_offset >= *offset
-                        })
-                    }),
-                    Err(_) => false,
+                let behind = match self.monitor.consume_offsets(&group, &topic).await {
+                    Ok(qs) => Some(offsets_behind(&local, &qs)),
+                    Err(_) => None,
                 };
-                if done || Instant::now() >= deadline {
-                    if !done {
-                        tracing::warn!(
-                            group,
-                            topic,
-                            "broker did not confirm the final offsets in time"
-                        );
-                    }
+                if behind.as_ref().is_some_and(Vec::is_empty) {
                     break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        group,
+                        topic,
+                        "broker did not confirm the final offsets in time"
+                    );
+                    break;
+                }
+                if let Some(behind) =
+                    behind.filter(|_| !resent && start.elapsed() >= ONEWAY_COMMIT_GRACE)
+                {
+                    resent = true;
+                    tracing::info!(
+                        group,
+                        topic,
+                        queues = behind.len(),
+                        "committing final offsets again, answered"
+                    );
+                    if let Err(e) = self.monitor.commit_offsets(&group, &topic, behind).await {
+                        tracing::warn!(group, topic, error = %e, "final offsets not committed");
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -476,6 +495,25 @@ impl RocketMqConsumer {
         self.stop_consuming().await;
         self.start_consuming(None, concurrency).await
     }
+}
+
+/// The queues of `local` (consumed offsets by `(broker, queue id)`) whose
+/// offset the broker's consume stats `remote` do not show yet, with the
+/// offset to commit.
+fn offsets_behind(local: &QueueOffsetMap, remote: &[QueueOffsets]) -> Vec<((String, i32), i64)> {
+    let mut behind: Vec<((String, i32), i64)> = local
+        .iter()
+        .filter(|((broker, qid), offset)| {
+            !remote.iter().any(|q| {
+                (q.broker.is_empty() || &q.broker == broker)
+                    && q.queue_id == *qid
+                    && q.consumer_offset >= **offset
+            })
+        })
+        .map(|(k, o)| (k.clone(), *o))
+        .collect();
+    behind.sort();
+    behind
 }
 
 async fn shutdown_lane(lane: LaneConsumer) {
@@ -745,7 +783,7 @@ impl PriorityGate {
                 }
             }
         }
-        let mut broker: Option<Vec<super::monitor::QueueOffsets>> = None;
+        let mut broker: Option<Vec<QueueOffsets>> = None;
         let mut backlog = 0u64;
         for q in queues {
             if q.max <= q.min {
@@ -782,6 +820,32 @@ impl PriorityGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_behind_are_the_queues_the_broker_shows_lower() {
+        let q = |broker: &str, queue_id: i32, consumer_offset: i64| QueueOffsets {
+            broker: broker.into(),
+            queue_id,
+            broker_offset: 50,
+            consumer_offset,
+        };
+        let local: QueueOffsetMap = [
+            (("a".to_string(), 0), 50),
+            (("a".to_string(), 1), 7),
+            (("b".to_string(), 0), 9),
+        ]
+        .into();
+        // a:0 committed, a:1 shows less, b:0 not shown at all.
+        let remote = [q("a", 0, 50), q("a", 1, 3), q("b", 1, 9)];
+        assert_eq!(
+            offsets_behind(&local, &remote),
+            [(("a".to_string(), 1), 7), (("b".to_string(), 0), 9)]
+        );
+        // A broker ahead of the local offset (another instance took over)
+        // is not behind.
+        let remote = [q("a", 0, 51), q("a", 1, 7), q("b", 0, 10)];
+        assert!(offsets_behind(&local, &remote).is_empty());
+    }
 
     #[test]
     fn tag_expressions_are_trimmed() {

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use cheetah_string::CheetahString;
 #[allow(deprecated)]
 use rocketmq_client_rust::DefaultMQPullConsumer;
-use rocketmq_client_rust::{ClientOptions, ConsumerAdmin, TopicAdmin};
+use rocketmq_client_rust::{ClientOptions, ConsumerAdmin, OffsetAdmin, TopicAdmin};
 use rocketmq_model::common::message::MessageTrait;
 use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_model::common::message::message_queue::MessageQueue;
 use serde::Serialize;
 
 use super::connection::{ClientEnv, Names, RocketMqConnection};
@@ -136,6 +137,50 @@ impl RocketMqMonitor {
                 }
                 out.sort_by_key(|q| q.queue_id);
                 Ok(out)
+            })
+            .await
+    }
+
+    /// Commit consumed offsets of `group` on `topic` with a request the
+    /// broker answers (the client's own commits are one-way): each
+    /// `((broker name, queue id), offset)`, sent to that broker's master.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: Vec<((String, i32), i64)>,
+    ) -> Result<(), QueueError> {
+        let masters = self
+            .conn
+            .cluster_masters()
+            .await
+            .map_err(QueueError::Unavailable)?;
+        let (group, topic) = (group.to_string(), topic.to_string());
+        self.conn
+            .with_admin(move |admin| async move {
+                let guard = admin.lock().await;
+                let admin = guard
+                    .as_ref()
+                    .ok_or_else(|| QueueError::Unavailable("not connected".into()))?;
+                for ((broker, queue_id), offset) in offsets {
+                    let addr = masters.get(&broker).ok_or_else(|| {
+                        QueueError::Unavailable(format!("no master address for broker {broker}"))
+                    })?;
+                    OffsetAdmin::update_consume_offset(
+                        &**admin,
+                        CheetahString::from(addr.as_str()),
+                        CheetahString::from(group.as_str()),
+                        MessageQueue::from_parts(topic.as_str(), broker.as_str(), queue_id),
+                        offset.max(0) as u64,
+                    )
+                    .await
+                    .map_err(|e| {
+                        QueueError::Unavailable(format!(
+                            "commit offset {offset} of {group} on {topic} {broker}:{queue_id}: {e}"
+                        ))
+                    })?;
+                }
+                Ok(())
             })
             .await
     }
