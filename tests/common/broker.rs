@@ -262,6 +262,8 @@ pub struct Broker {
     ha_port: u16,
     starts: usize,
     namesrv_starts: usize,
+    /// `(access key, secret key)` of the one account when ACL is on.
+    acl: Option<(String, String)>,
 }
 
 impl Broker {
@@ -274,6 +276,22 @@ impl Broker {
     /// Start a name server and a broker of this kind; returns once the
     /// broker is registered.
     pub fn start_kind(kind: Kind) -> Broker {
+        Broker::start_with(kind, None)
+    }
+
+    /// An Apache broker with ACL on (`aclEnable`, RocketMQ's plain ACL):
+    /// one account, `access_key`/`secret_key`, an admin (it may create
+    /// topics and groups), and no white-listed address, so every request
+    /// must be signed.
+    pub fn start_with_acl(kind: Kind, access_key: &str, secret_key: &str) -> Broker {
+        assert!(
+            matches!(kind, Kind::Apache(_)),
+            "the harness turns ACL on for the Apache brokers only"
+        );
+        Broker::start_with(kind, Some((access_key.into(), secret_key.into())))
+    }
+
+    fn start_with(kind: Kind, acl: Option<(String, String)>) -> Broker {
         // Fail before anything is started when the servers are missing.
         match kind {
             Kind::Apache(v) => {
@@ -307,7 +325,26 @@ impl Broker {
             ha_port,
             starts: 0,
             namesrv_starts: 0,
+            acl,
         };
+        if let Some((ak, sk)) = &b.acl {
+            // The broker reads `$ROCKETMQ_HOME/conf/plain_acl.yml`.
+            std::fs::create_dir_all(home.join("conf")).expect("conf dir");
+            std::fs::write(
+                home.join("conf/plain_acl.yml"),
+                format!(
+                    "globalWhiteRemoteAddresses: []\n\
+                     accounts:\n\
+                     \x20 - accessKey: {ak}\n\
+                     \x20   secretKey: {sk}\n\
+                     \x20   whiteRemoteAddress:\n\
+                     \x20   admin: true\n\
+                     \x20   defaultTopicPerm: PUB|SUB\n\
+                     \x20   defaultGroupPerm: PUB|SUB\n"
+                ),
+            )
+            .expect("plain_acl.yml");
+        }
         b.start_name_server();
         b.start_broker();
         b
@@ -393,11 +430,17 @@ impl Broker {
              flushDiskType=SYNC_FLUSH\n\
              autoCreateTopicEnable=false\n\
              autoCreateSubscriptionGroup=false\n\
-             messageDelayLevel={delays}\n",
+             messageDelayLevel={delays}\n\
+             {acl}",
             port = self.broker_port,
             ha = self.ha_port,
             ns = self.name_server,
             store = store.display(),
+            acl = if self.acl.is_some() {
+                "aclEnable=true\n"
+            } else {
+                ""
+            },
         );
         let path = self.dir.path().join("broker.conf");
         std::fs::write(&path, conf).expect("broker.conf");

@@ -174,6 +174,10 @@ pub enum QueueError {
     BadMessage(String),
     #[error("queue unavailable: {0}")]
     Unavailable(String),
+    /// The broker answers but refuses this client (credentials, rights):
+    /// retrying does not help, the configuration must change.
+    #[error("queue refused: {0}")]
+    Refused(String),
     #[error("consumer already started")]
     AlreadyStarted,
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{
-    AclClientRPCHook, ClientConfig, ClientRpcHook, ClientRuntime, ClientRuntimeConfig,
+    AclClientRPCHook, BrokerAdmin, ClientConfig, ClientRpcHook, ClientRuntime, ClientRuntimeConfig,
     ConsumerAdmin, DefaultMQAdminExt, RouteAdmin, SessionCredentials, TelemetryHandle, TopicAdmin,
 };
 use rocketmq_model::common::config::TopicConfig;
@@ -724,6 +724,54 @@ impl RocketMqConnection {
         .await
     }
 
+    /// One signed request to every master broker (its runtime info, which
+    /// any account may read). With ACL on, a wrong secret or missing keys
+    /// are refused here, at start-up, with an error that names the keys,
+    /// instead of as refused creates and sends later on.
+    pub async fn check_access(&self) -> Result<(), QueueError> {
+        let masters = self
+            .cluster_masters()
+            .await
+            .map_err(QueueError::Unavailable)?;
+        let keys = match (&self.config.access_key, &self.config.security_token) {
+            (None, _) => "rocketmq.access_key and rocketmq.secret_key are not set".to_string(),
+            (Some(ak), None) => format!("rocketmq.access_key {ak:?} with its rocketmq.secret_key"),
+            (Some(ak), Some(_)) => format!(
+                "rocketmq.access_key {ak:?} with its rocketmq.secret_key and rocketmq.security_token"
+            ),
+        };
+        self.with_admin(move |admin| async move {
+            let guard = admin.lock().await;
+            let admin = guard
+                .as_ref()
+                .ok_or_else(|| QueueError::Unavailable("not connected".into()))?;
+            for (name, addr) in &masters {
+                let Err(e) =
+                    BrokerAdmin::get_broker_config(&**admin, CheetahString::from(addr.as_str()))
+                        .await
+                else {
+                    continue;
+                };
+                let Some((code, remark)) = broker_answer(&e) else {
+                    return Err(QueueError::Unavailable(format!(
+                        "RocketMQ broker {name} ({addr}) did not answer: {e}"
+                    )));
+                };
+                if looks_like_acl(&remark) {
+                    return Err(QueueError::Refused(format!(
+                        "RocketMQ broker {name} ({addr}) refused this client: its ACL does \
+                         not accept the credentials ({keys}): code {code}: {remark}"
+                    )));
+                }
+                // Not knowing the request, or refusing it for some other
+                // reason (a managed RocketMQ), says nothing about the keys.
+                tracing::debug!(broker = %name, code, remark, "access check inconclusive");
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Create `topic` on every master broker unless its route exists.
     ///
     /// A broker that answers but refuses the creation (ACL without admin
@@ -895,6 +943,33 @@ impl RocketMqConnection {
 
 /// The broker answered the request and refused it (no permission, request
 /// not supported, ...), as opposed to not answering.
+/// The broker's answer in a failed request: its response code and remark
+/// (`None` when the broker did not answer: network, timeout, decoding).
+fn broker_answer(e: &rocketmq_client_rust::ClientError) -> Option<(i32, String)> {
+    let x = e.source_ref::<rocketmq_client_rust::MQClientException>()?;
+    Some((
+        x.response_code(),
+        x.error_message().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Whether a broker's remark is an ACL refusal: Apache RocketMQ's plain ACL
+/// answers with the `AclException` text ("check signature failed", "No
+/// accessKey is configured", "... has no permission ...").
+fn looks_like_acl(remark: &str) -> bool {
+    let r = remark.to_ascii_lowercase();
+    [
+        "acl",
+        "signature",
+        "accesskey",
+        "access key",
+        "permission",
+        "authenticat",
+    ]
+    .iter()
+    .any(|w| r.contains(w))
+}
+
 fn broker_refused(e: &rocketmq_client_rust::ClientError) -> bool {
     e.broker_response_code().is_some()
         || e.source_ref::<rocketmq_client_rust::MQClientException>()

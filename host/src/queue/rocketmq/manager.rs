@@ -52,6 +52,7 @@ impl RocketMqManager {
     pub async fn start(config: RocketMqConfig) -> Result<RocketMqManager, QueueError> {
         let connection = Arc::new(RocketMqConnection::new(config));
         connection.connect().await?;
+        connection.check_access().await?;
         let names = connection.names.clone();
         let retries = connection.config.max_reconsume_times.min(i32::MAX as u32) as i32;
         connection
