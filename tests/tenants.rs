@@ -50,6 +50,12 @@ async fn call(
         req = req.header(*h, *v);
     }
     if let Some(b) = body {
+        if !headers
+            .iter()
+            .any(|(h, _)| h.eq_ignore_ascii_case("content-type"))
+        {
+            req = req.header("content-type", "application/json");
+        }
         req = req.body(b);
     }
     let resp = req.send().await.expect("request");

@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -65,10 +65,29 @@ struct Keyring {
 }
 
 impl Keyring {
-    fn build(admin_keys: &[&String], tenants: &[&TenantConfig]) -> Keyring {
+    /// The keys of `admin_keys` and `tenants`; a key hash that names two
+    /// principals (two tenants, a tenant and an admin, or twice the same)
+    /// is refused: which one it means would be a guess.
+    fn build(admin_keys: &[&String], tenants: &[&TenantConfig]) -> Result<Keyring, ConfigError> {
         let mut ring = Keyring::default();
+        let add = |ring: &mut Keyring, key: &str, who: Principal, field: &'static str| {
+            let key = key.to_ascii_lowercase();
+            if let Some(first) = ring.keys.get(&key) {
+                return Err(ConfigError::Invalid {
+                    key: field,
+                    message: format!(
+                        "key {}… is listed more than once ({} and {}): a key names one tenant or admin",
+                        &key[..key.len().min(15)],
+                        first.describe(),
+                        who.describe()
+                    ),
+                });
+            }
+            ring.keys.insert(key, who);
+            Ok(())
+        };
         for k in admin_keys {
-            ring.keys.insert(k.to_ascii_lowercase(), Principal::Admin);
+            add(&mut ring, k, Principal::Admin, "auth.admin_keys")?;
         }
         for t in tenants {
             // Ids were validated with the config.
@@ -76,12 +95,25 @@ impl Keyring {
                 continue;
             };
             for k in &t.keys {
-                ring.keys
-                    .insert(k.to_ascii_lowercase(), Principal::Tenant(id.clone()));
+                add(
+                    &mut ring,
+                    k,
+                    Principal::Tenant(id.clone()),
+                    "auth.tenants[].keys",
+                )?;
             }
             ring.limits.insert(t.id.clone(), t.limits.clone());
         }
-        ring
+        Ok(ring)
+    }
+}
+
+impl Principal {
+    fn describe(&self) -> String {
+        match self {
+            Principal::Tenant(t) => format!("tenant {:?}", t.as_str()),
+            Principal::Admin => "an admin key".to_string(),
+        }
     }
 }
 
@@ -93,9 +125,11 @@ pub struct Auth {
 
 impl Auth {
     /// Build from the config, reading the keys file if there is one.
+    /// A missing keys file holds no keys (they work once it appears); a
+    /// broken one, or a key listed twice, is an error.
     pub fn new(config: &AuthConfig) -> Result<Auth, ConfigError> {
         let file = match &config.keys_file {
-            Some(p) => Some(KeysFile::load(p)?),
+            Some(p) => read_keys_file(p)?,
             None => None,
         };
         let auth = Auth {
@@ -103,19 +137,20 @@ impl Auth {
             config: config.clone(),
             ring: RwLock::new(Arc::default()),
         };
-        auth.install(file.as_ref());
+        auth.install(file.as_ref())?;
         Ok(auth)
     }
 
-    fn install(&self, file: Option<&KeysFile>) {
+    fn install(&self, file: Option<&KeysFile>) -> Result<(), ConfigError> {
         let mut admins: Vec<&String> = self.config.admin_keys.iter().collect();
         let mut tenants: Vec<&TenantConfig> = self.config.tenants.iter().collect();
         if let Some(f) = file {
             admins.extend(f.admin_keys.iter());
             tenants.extend(f.tenants.iter());
         }
-        let ring = Arc::new(Keyring::build(&admins, &tenants));
+        let ring = Arc::new(Keyring::build(&admins, &tenants)?);
         *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring;
+        Ok(())
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -139,11 +174,15 @@ impl Auth {
                     continue;
                 }
                 last = now;
-                match KeysFile::load(&path) {
-                    Ok(file) => {
-                        auth.install(Some(&file));
-                        tracing::info!(path = %path.display(), "keys file reloaded");
-                    }
+                match read_keys_file(&path).and_then(|file| {
+                    auth.install(file.as_ref())?;
+                    Ok(file.is_some())
+                }) {
+                    Ok(true) => tracing::info!(path = %path.display(), "keys file reloaded"),
+                    Ok(false) => tracing::warn!(
+                        path = %path.display(),
+                        "keys file is gone: its keys are revoked"
+                    ),
                     Err(e) => {
                         tracing::error!(error = %e, "keys file not reloaded; the keys in force stay")
                     }
@@ -240,6 +279,18 @@ impl Auth {
     }
 }
 
+/// The keys file, or `None` when there is none (deleted: its keys are
+/// revoked). An empty file holds no keys.
+fn read_keys_file(path: &Path) -> Result<Option<KeysFile>, ConfigError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), "keys file not found: it adds no keys until it appears");
+            Ok(None)
+        }
+        _ => KeysFile::load(path).map(Some),
+    }
+}
+
 fn modified(path: &PathBuf) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -268,6 +319,7 @@ mod tests {
                 },
             ],
             keys_file: None,
+            allow_open_on_network: false,
         }
     }
 
@@ -304,6 +356,23 @@ mod tests {
                 .unwrap_err(),
             AuthError::NotAdmin
         );
+    }
+
+    #[test]
+    fn a_key_naming_two_principals_is_refused() {
+        let mut c = config();
+        c.tenants[1].keys.push(hash_key("acme-key"));
+        let err = Auth::new(&c).err().expect("duplicate across tenants");
+        assert!(err.to_string().contains("more than once"), "{err}");
+        assert!(err.to_string().contains("auth.tenants[].keys"), "{err}");
+        let mut c = config();
+        c.admin_keys.push(
+            hash_key("globex-key")
+                .to_uppercase()
+                .replace("SHA256", "sha256"),
+        );
+        let err = Auth::new(&c).err().expect("duplicate tenant/admin");
+        assert!(err.to_string().contains("an admin key"), "{err}");
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct AuthConfig {
     /// A YAML file with more `tenants:` (and `admin_keys:`), re-read when it
     /// changes, so keys can be added or revoked without a restart.
     pub keys_file: Option<PathBuf>,
+    /// Allow `mode: none` on an address other than loopback (every caller
+    /// on the network is then an admin). Off: such a config is refused.
+    pub allow_open_on_network: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +121,13 @@ impl KeysFile {
             path: path.to_path_buf(),
             source,
         })?;
+        // Emptied (or only comments): no keys, not a broken file.
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Ok(KeysFile::default());
+        }
         let file: KeysFile = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -138,6 +148,28 @@ pub fn validate_keys(admin_keys: &[String], tenants: &[TenantConfig]) -> Result<
             "auth.admin_keys",
             format!("{k:?} is not sha256:<64 hex digits> (store hashes, never keys)"),
         ));
+    }
+    // One key, one principal (across this source; `Auth` checks the config
+    // and the keys file together).
+    let mut owners = std::collections::HashMap::new();
+    for k in admin_keys {
+        if let Some(first) = owners.insert(k.to_ascii_lowercase(), "an admin key".to_string()) {
+            return Err(invalid(
+                "auth.admin_keys",
+                format!("a key is listed more than once ({first} and an admin key)"),
+            ));
+        }
+    }
+    for t in tenants {
+        for k in &t.keys {
+            let who = format!("tenant {:?}", t.id);
+            if let Some(first) = owners.insert(k.to_ascii_lowercase(), who.clone()) {
+                return Err(invalid(
+                    "auth.tenants[].keys",
+                    format!("a key is listed more than once ({first} and {who})"),
+                ));
+            }
+        }
     }
     let mut seen = std::collections::HashSet::new();
     for t in tenants {
@@ -218,6 +250,8 @@ pub struct ServerConfig {
     /// long (milliseconds) to finish; those still running are left to the
     /// queue (delivered again) and the process exits 0.
     pub shutdown_grace_ms: u64,
+    /// Timeouts, connection and body limits of the HTTP server.
+    pub http: HttpConfig,
 }
 
 impl Default for ServerConfig {
@@ -227,7 +261,57 @@ impl Default for ServerConfig {
             role: Role::All,
             instance_id: "api-1".into(),
             shutdown_grace_ms: 30_000,
+            http: HttpConfig::default(),
         }
+    }
+}
+
+/// The HTTP server against slow or hostile clients (`server.http:`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A connection must send a request's whole head (request line and
+    /// headers) within this long, or it is closed.
+    pub header_read_timeout_ms: u64,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout_ms: u64,
+    /// A request must be answered (its body read, the response begun)
+    /// within this long, or it gets 408. A download's body may take longer.
+    pub request_timeout_ms: u64,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Body limit of `POST /api/v1/export`; null: `limits.max_data_bytes`
+    /// plus 1 MiB. (Template uploads take `limits.max_template_bytes`.)
+    pub submit_body_bytes: Option<usize>,
+    /// Body limit of `POST /api/v1/export/batch`.
+    pub batch_body_bytes: usize,
+    /// Body limit of every other route.
+    pub small_body_bytes: usize,
+    /// With `auth.mode: none`, Host names served besides `localhost`, the
+    /// loopback addresses and the listen address (DNS rebinding defence).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            request_timeout_ms: 120_000,
+            max_connections: 1024,
+            submit_body_bytes: None,
+            batch_body_bytes: 32 * 1024 * 1024,
+            small_body_bytes: 64 * 1024,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The body limit of `POST /api/v1/export`.
+    pub fn submit_body_limit(&self, limits: &LimitsConfig) -> usize {
+        self.submit_body_bytes
+            .unwrap_or_else(|| limits.max_data_bytes.saturating_add(1024 * 1024))
     }
 }
 
@@ -748,6 +832,61 @@ impl Config {
         }
         validate_keys(&self.auth.admin_keys, &self.auth.tenants)?;
         if self.auth.mode == AuthMode::None
+            && !self.auth.allow_open_on_network
+            && self
+                .server
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| !a.ip().is_loopback())
+        {
+            return Err(invalid(
+                "auth.mode",
+                format!(
+                    "is `none` (every caller is an admin) on the network address {}: use `mode: keys`, \
+                     listen on 127.0.0.1, or set `auth.allow_open_on_network: true` to mean it",
+                    self.server.listen
+                ),
+            ));
+        }
+        let h = &self.server.http;
+        for (key, v) in [
+            (
+                "server.http.header_read_timeout_ms",
+                h.header_read_timeout_ms,
+            ),
+            ("server.http.body_timeout_ms", h.body_timeout_ms),
+            ("server.http.request_timeout_ms", h.request_timeout_ms),
+            ("server.http.max_connections", h.max_connections as u64),
+            ("server.http.batch_body_bytes", h.batch_body_bytes as u64),
+            ("server.http.small_body_bytes", h.small_body_bytes as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be > 0"));
+            }
+        }
+        if h.submit_body_limit(&self.limits) <= self.limits.max_data_bytes {
+            return Err(invalid(
+                "server.http.submit_body_bytes",
+                "must be larger than limits.max_data_bytes (the body carries the data and more)",
+            ));
+        }
+        if h.batch_body_bytes <= self.limits.max_data_bytes {
+            return Err(invalid(
+                "server.http.batch_body_bytes",
+                "must be larger than limits.max_data_bytes",
+            ));
+        }
+        if let Some(bad) = h
+            .allowed_hosts
+            .iter()
+            .find(|n| n.is_empty() || n.contains(['/', ' ', '@']))
+        {
+            return Err(invalid(
+                "server.http.allowed_hosts",
+                format!("{bad:?} is not a host name"),
+            ));
+        }
+        if self.auth.mode == AuthMode::None
             && (!self.auth.tenants.is_empty()
                 || !self.auth.admin_keys.is_empty()
                 || self.auth.keys_file.is_some())
@@ -1005,6 +1144,49 @@ mod tests {
         );
         let err = parse(&tenant("max_in_flight: -1")).expect_err("negative");
         assert!(err.to_string().contains("max_in_flight"), "{err}");
+    }
+
+    #[test]
+    fn http_keys_are_checked_and_named() {
+        let c = parse("{}").expect("valid");
+        assert_eq!(c.server.http.header_read_timeout_ms, 10_000);
+        assert_eq!(c.server.http.submit_body_limit(&c.limits), 5 * 1024 * 1024);
+        let err = parse("server:\n  http:\n    max_connections: 0\n").expect_err("zero");
+        assert!(
+            err.to_string().contains("server.http.max_connections"),
+            "{err}"
+        );
+        let err = parse("server:\n  http:\n    submit_body_bytes: 1000\n").expect_err("small");
+        assert!(
+            err.to_string().contains("server.http.submit_body_bytes"),
+            "{err}"
+        );
+        let err = parse("server:\n  http:\n    header_timeout_ms: 5\n").expect_err("typo");
+        assert!(err.to_string().contains("header_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn no_auth_on_a_network_address_needs_the_switch() {
+        let open = "server:\n  listen: \"0.0.0.0:8000\"\n";
+        let err = parse(open).expect_err("open on the network");
+        assert!(
+            err.to_string().contains("auth.allow_open_on_network"),
+            "{err}"
+        );
+        parse(&format!("{open}auth:\n  allow_open_on_network: true\n")).expect("explicit");
+        parse(&format!("{open}auth:\n  mode: keys\n")).expect("keys");
+        parse("server:\n  listen: \"[::1]:8000\"\n").expect("loopback");
+    }
+
+    #[test]
+    fn the_deploy_configs_parse() {
+        for f in ["export-host-embedded.yaml", "export-host.yaml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy")
+                .join(f);
+            let c = Config::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert_eq!(c.auth.mode, AuthMode::Keys, "{f}");
+        }
     }
 
     #[test]

@@ -202,13 +202,16 @@ impl Server {
             app = app.layer(axum::middleware::from_fn(worker_only));
         }
         let grace = std::time::Duration::from_millis(state.config.server.shutdown_grace_ms);
-        let task = tokio::spawn(async move {
-            let down = shutdown.clone();
-            let mut http = tokio::spawn(
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { down.wait().await })
-                    .into_future(),
+        if state.config.auth.mode == crate::config::AuthMode::None && !addr.ip().is_loopback() {
+            tracing::warn!(
+                listen = %addr,
+                "auth.mode is none on a network address (auth.allow_open_on_network): \
+                 EVERY CALLER ON THE NETWORK IS AN ADMIN; use auth.mode: keys outside development"
             );
+        }
+        let http_config = state.config.server.http.clone();
+        let task = tokio::spawn(async move {
+            let mut http = tokio::spawn(serve_http(listener, app, http_config, shutdown.clone()));
             tokio::select! {
                 // Shutdown first: once it is triggered the HTTP side ends
                 // too, and that must not pass for a failure of its own.
@@ -217,9 +220,7 @@ impl Server {
                 // The server failed by itself.
                 r = &mut http => {
                     queue.stop_consuming().await;
-                    return r
-                        .map_err(|e| ServeError::Serve(std::io::Error::other(e)))?
-                        .map_err(ServeError::Serve);
+                    return r.map_err(|e| ServeError::Serve(std::io::Error::other(e)));
                 }
             }
             // No new connections from here on (the listener is closed);
@@ -256,6 +257,62 @@ impl Server {
             .await
             .map_err(|e| ServeError::Serve(std::io::Error::other(e)))?
     }
+}
+
+/// Accept connections until shutdown: at most `max_connections` open at
+/// once (the rest wait in the listen backlog), each closed when it does not
+/// send a request head within `header_read_timeout_ms` (hyper's timer).
+/// On shutdown the listener closes and open connections finish their
+/// requests (hyper's graceful shutdown); returns when all are closed.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    http: crate::config::HttpConfig,
+    shutdown: Shutdown,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let permits = Arc::new(tokio::sync::Semaphore::new(http.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_millis(
+            http.header_read_timeout_ms,
+        ));
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// A worker process answers the task and template endpoints with 404 and

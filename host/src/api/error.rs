@@ -126,19 +126,25 @@ impl From<crate::ids::IdError> for ApiError {
     }
 }
 
+/// Storage errors name files and database paths: those go to the log, the
+/// client gets what failed without where.
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
-        ApiError::internal(e.to_string())
+        tracing::error!(error = %e, "storage failure");
+        ApiError::internal("storage failure (the server log has the details)")
     }
 }
 
 impl From<crate::store::templates::TemplateError> for ApiError {
     fn from(e: crate::store::templates::TemplateError) -> ApiError {
+        use crate::store::templates::TemplateError;
         match e {
-            crate::store::templates::TemplateError::NotFound(_) => {
-                ApiError::not_found(e.to_string())
+            TemplateError::NotFound(_) => ApiError::not_found(e.to_string()),
+            TemplateError::Full(_) => ApiError::internal(e.to_string()),
+            TemplateError::Io(_) => {
+                tracing::error!(error = %e, "template storage failure");
+                ApiError::internal("template storage failure (the server log has the details)")
             }
-            other => ApiError::internal(other.to_string()),
         }
     }
 }
@@ -186,6 +192,12 @@ impl From<crate::queue::QueueError> for ApiError {
 
 impl From<axum::extract::rejection::BytesRejection> for ApiError {
     fn from(e: axum::extract::rejection::BytesRejection) -> ApiError {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::too_large(
+                "request body over this endpoint's limit (server.http.*_body_bytes, \
+                 limits.max_template_bytes for template files)",
+            );
+        }
         ApiError::new(
             e.status(),
             format!("cannot read request body: {}", e.body_text()),

@@ -126,6 +126,7 @@ pub struct BatchAccepted {
     security((), ("api_key" = [])),
     responses(
         (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
+        (status = 415, description = "The body is not sent as JSON (`Content-Type: application/json` or `application/*+json`)", body = ErrorEnvelope),
         (status = 409, description = "The `Idempotency-Key` was used for a different request, or a request with it is still being handled", body = ErrorEnvelope),
         (status = 429, description = "Over the tenant's submit rate or queued-task limit; `Retry-After` says when to try again", body = ErrorEnvelope),
         (status = 202, description = "Queued", body = Envelope<TaskAccepted>),
@@ -142,6 +143,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    super::guard::require_json(&headers)?;
     let body = body?;
     let req: ExportRequest = parse_json(&body)?;
     let (ids, replayed) = idempotent(&app, &caller, &headers, "export", &body, || {
@@ -166,7 +168,7 @@ pub async fn submit(
 }
 
 /// Longest `Idempotency-Key` accepted.
-const MAX_IDEMPOTENCY_KEY: usize = 255;
+const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// Run `accept` once per `Idempotency-Key` (when the header is there): the
 /// same key with the same request within `limits.idempotency_hours` returns
@@ -191,7 +193,11 @@ where
     let key = key
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             ApiError::bad_request(format!(
                 "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
@@ -203,9 +209,19 @@ where
     hash.update(body);
     let request = hex::encode(hash.finalize());
     let window = chrono::Duration::hours(app.config.limits.idempotency_hours as i64);
+    // No request runs longer than the request timeout: a reservation older
+    // than that was left by a crash or a dropped request.
+    let in_progress_for = chrono::Duration::milliseconds(
+        app.config
+            .server
+            .http
+            .request_timeout_ms
+            .min(i64::MAX as u64 / 4) as i64
+            + 1000,
+    );
     match app
         .store
-        .idempotency_begin(&caller.tenant, key, &request, window)
+        .idempotency_begin(&caller.tenant, key, &request, window, in_progress_for)
         .await?
     {
         Idempotency::Reserved => {}
@@ -252,6 +268,7 @@ where
     security((), ("api_key" = [])),
     responses(
         (status = 401, description = "No or an unknown API key (`auth.mode: keys`); `WWW-Authenticate: Bearer`", body = ErrorEnvelope),
+        (status = 415, description = "The body is not sent as JSON (`Content-Type: application/json` or `application/*+json`)", body = ErrorEnvelope),
         (status = 409, description = "The `Idempotency-Key` was used for a different request, or a request with it is still being handled", body = ErrorEnvelope),
         (status = 429, description = "Over the tenant's submit rate or queued-task limit; `Retry-After` says when to try again", body = ErrorEnvelope),
         (status = 202, description = "All queued", body = Envelope<BatchAccepted>),
@@ -268,6 +285,7 @@ pub async fn submit_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    super::guard::require_json(&headers)?;
     let body = body?;
     let req: BatchRequest = parse_json(&body)?;
     if req.data_list.is_empty() {

@@ -1,5 +1,6 @@
 //! The HTTP API (axum): routes, shared state, and the tower layers that wrap
-//! every request (tracing span, body limit). Routes are registered through
+//! every request (tracing span, timeouts, `nosniff`, the Host check and the
+//! per-route body limit of [`guard`]). Routes are registered through
 //! utoipa-axum's `OpenApiRouter`, so the OpenAPI document
 //! (`GET /openapi.json`, page at `GET /docs`) is generated from the handlers.
 
@@ -7,16 +8,20 @@ pub mod caller;
 pub mod dlq;
 pub mod error;
 pub mod export;
+pub mod guard;
 pub mod queue;
 pub mod tasks;
 pub mod templates;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::Duration;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -153,11 +158,7 @@ struct Docs {
 }
 
 pub fn router(state: AppState) -> Router {
-    let limits = &state.config.limits;
-    // Whole request bodies: a batch may carry many data documents.
-    let body_limit = limits
-        .max_template_bytes
-        .max(limits.max_data_bytes.saturating_mul(8));
+    let http = state.config.server.http.clone();
     let (router, api) = api_router().split_for_parts();
     let docs = Docs {
         json: Arc::new(api.to_pretty_json().unwrap_or_default()),
@@ -168,9 +169,33 @@ pub fn router(state: AppState) -> Router {
         ),
     };
     router
+        // Body limits per route (guard::limit_body) instead of one for all.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::limit_body,
+        ))
         .fallback(not_found)
         .layer(Extension(docs))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::local_only,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::envelope_timeouts,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(http.request_timeout_ms),
+        ))
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
+            http.body_timeout_ms,
+        )))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -221,9 +221,10 @@ pub async fn result(
         .open_result(&tenant, &id, &meta.extension)
         .await
         .map_err(|e| {
+            tracing::warn!(task_id = %id, error = %e, "result not readable");
             ApiError::new(
                 StatusCode::GONE,
-                format!("result of task {id} is no longer stored: {e}"),
+                format!("result of task {id} is no longer stored"),
             )
         })?;
     let filename = format!("{}-{id}.{}", task.template_id, meta.extension);
@@ -235,6 +236,9 @@ pub async fn result(
                 format!("attachment; filename=\"{filename}\""),
             ),
             (header::CONTENT_LENGTH, meta.size.to_string()),
+            // A document is never run as a page of this origin.
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+            (header::CONTENT_SECURITY_POLICY, "sandbox".to_string()),
         ],
         match stored {
             StoredResult::Inline(bytes) => Body::from(bytes),

@@ -557,13 +557,16 @@ impl TaskStore {
 
     /// Claim an `Idempotency-Key` for a request (`request` identifies it:
     /// a hash of the endpoint and body). Keys older than `window` are
-    /// forgotten first.
+    /// forgotten first, and so are reservations still in progress after
+    /// `in_progress_for` (their request can no longer be running: the
+    /// process died, or the request was dropped, between claim and commit).
     pub async fn idempotency_begin(
         &self,
         tenant: &TenantId,
         key: &str,
         request: &str,
         window: chrono::Duration,
+        in_progress_for: chrono::Duration,
     ) -> Result<Idempotency, StoreError> {
         let (tenant, key, request) = (tenant.to_string(), key.to_string(), request.to_string());
         Ok(self
@@ -571,8 +574,9 @@ impl TaskStore {
             .write(move |c| {
                 let now = Utc::now();
                 c.execute(
-                    "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND created_at < ?3",
-                    params![tenant, key, ms(now - window)],
+                    "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 \
+                     AND (created_at < ?3 OR (task_ids IS NULL AND created_at < ?4))",
+                    params![tenant, key, ms(now - window), ms(now - in_progress_for)],
                 )?;
                 let found: Option<(String, Option<String>)> = c
                     .query_row(
