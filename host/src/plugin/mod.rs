@@ -4,6 +4,7 @@
 //! * [`bindings`] — the one `bindgen!` of the WIT world.
 //! * [`limits`] — per-task limits and the store data that enforces them.
 //! * [`fault`] — what can go wrong, and whether it is worth a retry.
+//! * [`format`] — what a declared format may say and a document must match.
 //! * [`cache`] — precompiled `.cwasm` files.
 //! * [`fonts`] — the fonts the host shares (the `fonts` import).
 //! * [`bundle`] — the task's template bundle (the `bundle` import).
@@ -22,6 +23,7 @@ pub mod bundle;
 pub mod cache;
 pub mod fault;
 pub mod fonts;
+pub mod format;
 pub mod limits;
 pub mod prepare;
 pub mod stdio;
@@ -141,7 +143,8 @@ impl Registry {
     }
 }
 
-/// A rendered document.
+/// A rendered document. Its media type and extension are the format's, as
+/// declared and validated at load ([`format`]), never the render's own.
 #[derive(Debug)]
 pub struct Rendered {
     pub bytes: Vec<u8>,
@@ -494,16 +497,13 @@ impl PluginHost {
         }
         let mut formats = Vec::new();
         for f in info.formats {
-            if crate::ids::validate("format", &f.name).is_err()
-                || !f.extension.bytes().all(|b| b.is_ascii_alphanumeric())
-                || f.extension.is_empty()
-                || f.media_type.is_empty()
-            {
-                return Err(format!(
-                    "format {:?} has an invalid name, extension or media type",
-                    f.name
-                ));
+            if crate::ids::validate("format", &f.name).is_err() {
+                return Err(format!("format name {:?} is not a valid id", f.name));
             }
+            // Result paths and download headers are built from these.
+            format::check_extension(&f.extension)
+                .and_then(|()| format::check_media_type(&f.media_type))
+                .map_err(|e| format!("format {:?}: {e}", f.name))?;
             formats.push(FormatInfo {
                 name: f.name,
                 media_type: f.media_type,
@@ -660,11 +660,11 @@ impl PluginHost {
         options: Vec<(String, String)>,
         caps: Caps,
     ) -> Result<Rendered, Fault> {
-        let plugin = {
+        let found = {
             let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
-            reg.by_format.get(format).map(|(p, _)| p.clone())
+            reg.by_format.get(format).cloned()
         };
-        let plugin = plugin.ok_or_else(|| Fault::NoPlugin(format.to_string()))?;
+        let (plugin, declared) = found.ok_or_else(|| Fault::NoPlugin(format.to_string()))?;
         let limits = plugin.limits.capped(caps);
         let mut store = self.store(&limits);
         let template = template.into();
@@ -691,10 +691,8 @@ impl PluginHost {
                 size: doc.bytes.len(),
                 limit: limits.output_bytes,
             }),
-            Ok(Ok(doc)) => Ok(Rendered {
-                bytes: doc.bytes,
-                media_type: doc.media_type,
-                extension: doc.extension,
+            Ok(Ok(doc)) => format::accept(doc, &declared).inspect_err(|fault| {
+                tracing::warn!(plugin = %plugin.name, %fault, "plugin returned a document unlike its declared format");
             }),
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(classify_trap(&e, store.data(), &limits)),
