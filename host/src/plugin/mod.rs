@@ -2,6 +2,7 @@
 //! format, and runs each render in a fresh store with its own limits.
 //!
 //! * [`bindings`] — the one `bindgen!` of the WIT world.
+//! * [`deadline`] — every guest call ends at its task's deadline.
 //! * [`limits`] — per-task limits and the store data that enforces them.
 //! * [`fault`] — what can go wrong, and whether it is worth a retry.
 //! * [`format`] — what a declared format may say and a document must match.
@@ -11,9 +12,13 @@
 //! * [`prepare`] — plugins pre-initialised once per load (Wizer snapshots).
 //! * [`stdio`] — bounded capture of guest stdout/stderr.
 //!
-//! Calls are synchronous (run them on a blocking thread); a ticker thread
-//! advances the engine's epoch every [`TICK`], and each store's deadline is
-//! its timeout in ticks, so a stuck guest traps within timeout + one tick.
+//! Calls are blocking for the caller (run them on a blocking thread): each
+//! is an async wasmtime call driven on the calling thread and bounded by
+//! the task's timeout ([`deadline`]). A ticker thread advances the engine's
+//! epoch every [`TICK`], and each store's deadline is its timeout in ticks,
+//! so a guest spinning in its own code traps within timeout + one tick; a
+//! guest blocked in a host call (WASI is linked async) is dropped at the
+//! timeout.
 //! Instances come from wasmtime's pooling allocator (slots are reused, so a
 //! fresh instance per task is cheap) and from an `InstancePre` made once per
 //! plugin file.
@@ -21,6 +26,7 @@
 pub mod bindings;
 pub mod bundle;
 pub mod cache;
+pub mod deadline;
 pub mod fault;
 pub mod fonts;
 pub mod format;
@@ -194,6 +200,8 @@ fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
             .max_core_instances_per_component(32)
             .max_memories_per_component(8)
             .max_tables_per_component(32)
+            // One fiber stack per call in flight (async calls, `deadline`).
+            .total_stacks(256)
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20)
             // Reset a slot's memory by zeroing its dirty pages (up to 16 MiB)
@@ -226,7 +234,7 @@ impl PluginHost {
             Err(e) => return Err(PluginError::Engine(e.to_string())),
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         FormatPlugin::add_to_linker::<TaskState, wasmtime::component::HasSelf<TaskState>>(
             &mut linker,
@@ -485,13 +493,19 @@ impl PluginHost {
         let pre = FormatPluginPre::new(pre)
             .map_err(|e| format!("does not export {}: {e:#}", bindings::RENDERER_EXPORT))?;
         let mut store = self.store(&self.config.limits);
-        let plugin = pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("cannot instantiate: {e:#}"))?;
-        let info = plugin
-            .export_host_plugin_renderer()
-            .call_info(&mut store)
-            .map_err(|e| format!("info() failed: {e:#}"))?;
+        let timeout = self.config.limits.timeout;
+        let info = deadline::within(timeout, async {
+            let plugin = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+            plugin
+                .export_host_plugin_renderer()
+                .call_info(&mut store)
+                .await
+                .map_err(|e| format!("info() failed: {e:#}"))
+        })
+        .map_err(|e| format!("info() failed: {e}"))??;
         if crate::ids::validate("plugin name", &info.name).is_err() {
             return Err(format!("plugin name {:?} is not a valid id", info.name));
         }
@@ -537,6 +551,7 @@ impl PluginHost {
             &self.engine,
             &self.linker,
             self.store(&self.config.limits),
+            self.config.limits.timeout,
             &self.config.cache_dir,
             self.fonts.fingerprint(),
             bytes,
@@ -676,16 +691,22 @@ impl PluginHost {
             data,
             options,
         };
-        let outcome = plugin
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance: FormatPlugin| {
-                instance
-                    .export_host_plugin_renderer()
-                    .call_render(&mut store, &request)
-            });
+        let outcome = deadline::within(limits.timeout, async {
+            let instance: FormatPlugin = plugin.pre.instantiate_async(&mut store).await?;
+            instance
+                .export_host_plugin_renderer()
+                .call_render(&mut store, &request)
+                .await
+        });
         log_stdio(store.data(), &plugin.name);
         crate::telemetry::sandbox_memory_peak(&plugin.name, store.data().limiter.memory_peak);
+        let Ok(outcome) = outcome else {
+            // Blocked in a host call at the deadline (a guest spinning in
+            // its own code traps instead, below).
+            return Err(Fault::Timeout {
+                limit_ms: limits.timeout.as_millis() as u64,
+            });
+        };
         match outcome {
             Ok(Ok(doc)) if doc.bytes.len() > limits.output_bytes => Err(Fault::OutputTooLarge {
                 size: doc.bytes.len(),
@@ -736,3 +757,4 @@ fn classify_trap(e: &wasmtime::Error, state: &TaskState, limits: &Limits) -> Fau
     }
     Fault::Trap(text.lines().next().unwrap_or("trap").to_string())
 }
+
