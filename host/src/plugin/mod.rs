@@ -758,3 +758,65 @@ fn classify_trap(e: &wasmtime::Error, state: &TaskState, limits: &Limits) -> Fau
     Fault::Trap(text.lines().next().unwrap_or("trap").to_string())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(memory_mb: usize) -> (PluginHost, tempfile::TempDir) {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let limits = Limits {
+            timeout: Duration::from_secs(5),
+            memory_bytes: memory_mb << 20,
+            table_elements: 1000,
+            output_bytes: 1 << 20,
+            fuel: None,
+            stdio_bytes: 1024,
+        };
+        let host = PluginHost::new(SandboxConfig {
+            limits,
+            overrides: BTreeMap::new(),
+            cache_dir: cache.path().to_owned(),
+            font_dirs: Vec::new(),
+            pooling: true,
+        })
+        .expect("host");
+        (host, cache)
+    }
+
+    /// A component of `n` core instances with a memory of `mb` MiB each.
+    fn memories(n: usize, mb: usize) -> String {
+        let pages = mb * 16;
+        let parts: String = (0..n)
+            .map(|i| {
+                format!("(core module $m{i} (memory {pages})) (core instance (instantiate $m{i}))")
+            })
+            .collect();
+        format!("(component {parts})")
+    }
+
+    /// The cap holds for the component instance, through the pooling
+    /// allocator (which allows up to 8 memories per component, each up to
+    /// the cap): two memories of 20 MiB do not fit 32 MiB.
+    #[test]
+    fn a_components_memories_share_one_memory_cap() {
+        let (host, _cache) = host(32);
+        let limits = host.limits();
+        let instantiate = |wat: String| {
+            let component = Component::new(&host.engine, wat).expect("component");
+            let mut store = host.store(&limits);
+            let r = Linker::<TaskState>::new(&host.engine).instantiate(&mut store, &component);
+            (store, r.map(|_| ()))
+        };
+        let (store, one) = instantiate(memories(1, 20));
+        assert!(one.is_ok(), "{one:?}");
+        assert_eq!(store.data().limiter.memory_peak, 20 << 20);
+        let (store, two) = instantiate(memories(2, 20));
+        let err = two.expect_err("40 MiB in two memories of a 32 MiB sandbox");
+        assert!(store.data().limiter.memory_exceeded);
+        let fault = classify_trap(&err, store.data(), &limits);
+        assert_eq!(fault.class(), "out_of_memory", "{fault}");
+        let (store, eight) = instantiate(memories(8, 4));
+        assert!(eight.is_ok(), "8 x 4 MiB = 32 MiB fits: {eight:?}");
+        assert_eq!(store.data().limiter.memory_peak, 32 << 20);
+    }
+}
