@@ -182,6 +182,10 @@ fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
     let mut c = wasmtime::Config::new();
     c.wasm_component_model(true);
     c.epoch_interruption(true);
+    // Calls are async (`deadline`) but plugins use no component-model
+    // concurrency: without it `call_async` runs the call on a fiber
+    // directly instead of through the concurrent event loop.
+    c.concurrency_support(false);
     c.consume_fuel(config.uses_fuel());
     if config.pooling {
         let max_memory = config
