@@ -395,3 +395,127 @@ async fn tenant_limits_tighten_the_sandbox_for_that_tenant_only() {
     check("greedy", "wide", None, "");
     check("greedy", "slower", Some("timeout"), "1500 ms");
 }
+
+async fn upload_hostile(s: &TestServer, id: &str, behaviour: &str) {
+    let (status, body) = s
+        .put_template(id, &format!("{id}.hostile"), behaviour.to_string())
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The host names where a result goes and how it is served, from the format
+/// the plugin declared (and the host validated) at load: a document that
+/// claims another extension (a path, here) or media type (a header
+/// injection) is the plugin's fault, and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_cannot_choose_where_its_result_is_written_or_how_it_is_served() {
+    let s = TestServer::start(&["hostile"], "").await;
+    // Over the 16 KiB kept inline: a file under results/ would be written.
+    upload_hostile(&s, "escape", "escape:40000").await;
+    upload_hostile(&s, "crlf", "crlf").await;
+    upload_hostile(&s, "fine", "ok").await;
+    let escape = s.submit("escape", "hostile", json!({})).await;
+    let crlf = s.submit("crlf", "hostile", json!({})).await;
+    let fine = s.submit("fine", "hostile", json!({ "x": 1 })).await;
+
+    let t = s.wait_final(&escape, Duration::from_secs(20)).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error"]["class"], "bad_output", "{t}");
+    assert_eq!(t["attempts"], 1, "permanent: {t}");
+    let msg = t["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("extension")
+            && msg.contains("txt/../../../escaped")
+            && msg.contains("\"txt\""),
+        "the reason names the extension returned and the one declared: {msg}"
+    );
+
+    let t = s.wait_final(&crlf, Duration::from_secs(20)).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error"]["class"], "bad_output", "{t}");
+    let msg = t["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("media type") && msg.contains("text/plain"),
+        "{msg}"
+    );
+
+    let t = s.wait_final(&fine, Duration::from_secs(20)).await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    let r = s.result(&fine).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str().expect("ascii"),
+        "text/plain"
+    );
+
+    // Nothing escaped the results directory; the only result file is none
+    // (the one success is small enough to be kept inline).
+    let all = files_under(s.dir.path());
+    assert!(
+        !all.iter().any(|p| p.to_string_lossy().contains("escaped")),
+        "{all:?}"
+    );
+    let results = s.dir.path().join("data/results");
+    let stray: Vec<_> = files_under(&results)
+        .into_iter()
+        .filter(|p| !p.extension().is_some_and(|e| e == "tmp"))
+        .collect();
+    assert!(stray.is_empty(), "no result file was written: {stray:?}");
+}
+
+/// A guest blocked in a host call (a sleep of an hour on a monotonic-clock
+/// pollable) is stopped at its timeout like a guest spinning in wasm code,
+/// and its render slot serves the next task at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sleeping_guest_is_stopped_at_its_timeout_and_frees_its_slot() {
+    let s = TestServer::start(
+        &["hostile"],
+        "limits:\n  timeout_ms: 500\nworker:\n  concurrency: 1\n",
+    )
+    .await;
+    upload_hostile(&s, "nap", "sleep:3600").await;
+    upload_hostile(&s, "fine", "ok").await;
+    for _ in 0..2 {
+        let id = s.submit("nap", "hostile", json!({})).await;
+        let t = s.wait_final(&id, Duration::from_secs(20)).await;
+        assert_eq!(t["status"], "failed", "{t}");
+        assert_eq!(t["error"]["class"], "timeout", "{t}");
+        assert!(
+            t["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("500 ms"),
+            "{t}"
+        );
+        let slept = render_ms(&s, &id);
+        assert!((500.0..600.0).contains(&slept), "stopped after {slept} ms");
+
+        // The only render slot is free again: an ordinary task renders promptly.
+        let submitted = Instant::now();
+        let ok = s.submit("fine", "hostile", json!({ "n": 1 })).await;
+        let t = s.wait_final(&ok, Duration::from_secs(20)).await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+        assert!(
+            submitted.elapsed() < Duration::from_secs(1),
+            "the next task waited {:?}",
+            submitted.elapsed()
+        );
+    }
+}

@@ -4,6 +4,10 @@
 wasmtime::component::bindgen!({
     world: "format-plugin",
     path: "../wit",
+    // Called with `call_async` (see `deadline`): WASI is linked async so a
+    // guest blocked in a host call can be stopped. The host's own imports
+    // (fonts, bundle) never block and stay synchronous.
+    exports: { default: async },
 });
 
 pub use self::export_host::plugin::bundle;

@@ -14,6 +14,10 @@ pub enum Fault {
     OutOfMemory { limit_mb: u64 },
     #[error("plugin returned {size} bytes, more than the output limit of {limit} bytes")]
     OutputTooLarge { size: usize, limit: usize },
+    /// The document is not what the format declared at load (another
+    /// extension or media type): the plugin's fault, and nothing is stored.
+    #[error("plugin returned a document the host refuses: {0}")]
+    BadOutput(String),
     #[error("plugin trapped: {0}")]
     Trap(String),
     #[error("plugin does not implement the host's contract: {0}")]
@@ -69,6 +73,7 @@ impl Fault {
             Fault::FuelExhausted { .. } => "fuel_exhausted",
             Fault::OutOfMemory { .. } => "out_of_memory",
             Fault::OutputTooLarge { .. } => "output_too_large",
+            Fault::BadOutput(_) => "bad_output",
             Fault::Trap(_) => "trap",
             Fault::WitMismatch(_) => "wit_mismatch",
             Fault::BadTemplate { .. } => "bad_template",

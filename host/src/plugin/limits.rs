@@ -15,7 +15,8 @@ use crate::config::{LimitsConfig, LimitsOverride};
 pub struct Limits {
     /// Wall clock for instantiate + render.
     pub timeout: Duration,
-    /// Linear memory the instance may grow to, in bytes.
+    /// Linear memory the instance may grow to, in bytes: all its memories
+    /// together.
     pub memory_bytes: usize,
     /// Table elements the instance may grow to.
     pub table_elements: usize,
@@ -152,7 +153,8 @@ impl TaskState {
 
 /// Refuses growth past the limits and records that it did, so a trap that
 /// follows can be classified as out-of-memory; counts the linear memory it
-/// granted, the task's memory high-water mark.
+/// granted, the task's memory high-water mark. The memory limit caps the
+/// sum of every linear memory of the instance, not each one.
 pub struct Limiter {
     memory_max: usize,
     table_max: usize,
@@ -186,12 +188,16 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_max {
+        // The cap is the instance's: a component may hold several linear
+        // memories (one per core module, up to the pool's per-component
+        // limit), and they share it.
+        let grant = desired.saturating_sub(current);
+        if self.memory_peak.saturating_add(grant) > self.memory_max {
             self.memory_exceeded = true;
             return Ok(false);
         }
-        self.last_grant = desired.saturating_sub(current);
-        self.memory_peak += self.last_grant;
+        self.last_grant = grant;
+        self.memory_peak += grant;
         Ok(true)
     }
 
@@ -223,5 +229,88 @@ impl ResourceLimiter for Limiter {
     }
     fn memories(&self) -> usize {
         16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::{Engine, Module, Store};
+
+    fn limits(memory_mb: usize) -> Limits {
+        Limits {
+            timeout: Duration::from_secs(5),
+            memory_bytes: memory_mb << 20,
+            table_elements: 1000,
+            output_bytes: 1 << 20,
+            fuel: None,
+            stdio_bytes: 1024,
+        }
+    }
+
+    /// A core module with `n` memories of `mb` MiB each, and a function
+    /// that grows memory `i` by one page (returns -1 when refused).
+    fn memories(n: usize, mb: usize) -> String {
+        let pages = mb * 16;
+        let mems: String = (0..n).map(|_| format!("(memory {pages}) ")).collect();
+        let grows: String = (0..n)
+            .map(|i| {
+                format!("(func (export \"grow{i}\") (result i32) (memory.grow {i} (i32.const 1)))")
+            })
+            .collect();
+        format!("(module {mems} {grows})")
+    }
+
+    fn instantiate(
+        wat: &str,
+        limit_mb: usize,
+    ) -> (Store<Limiter>, wasmtime::Result<wasmtime::Instance>) {
+        let engine = Engine::default();
+        let module = Module::new(&engine, wat).expect("module");
+        let mut store = Store::new(&engine, Limiter::new(&limits(limit_mb)));
+        store.limiter(|l| l);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]);
+        (store, instance)
+    }
+
+    #[test]
+    fn the_memory_limit_is_for_all_memories_together() {
+        // One memory of 20 MiB fits 32 MiB; two (40 MiB) do not, although
+        // each alone would.
+        let (store, one) = instantiate(&memories(1, 20), 32);
+        assert!(one.is_ok());
+        assert_eq!(store.data().memory_peak, 20 << 20);
+        let (store, two) = instantiate(&memories(2, 20), 32);
+        assert!(two.is_err(), "40 MiB in two memories passed a 32 MiB cap");
+        assert!(store.data().memory_exceeded);
+        assert!(store.data().memory_peak <= 32 << 20);
+    }
+
+    #[test]
+    fn growth_of_any_memory_counts_against_the_total() {
+        // Two memories of 16 MiB fill a 32 MiB cap: neither may grow.
+        let (mut store, instance) = instantiate(&memories(2, 16), 32);
+        let instance = instance.expect("32 MiB fits");
+        for i in 0..2 {
+            let grow = instance
+                .get_typed_func::<(), i32>(&mut store, &format!("grow{i}"))
+                .expect("grow");
+            assert_eq!(
+                grow.call(&mut store, ()).expect("call"),
+                -1,
+                "memory {i} grew past the total"
+            );
+        }
+        assert!(store.data().memory_exceeded);
+        assert_eq!(store.data().memory_peak, 32 << 20);
+        // Below the cap, growth is granted and counted.
+        let (mut store, instance) = instantiate(&memories(2, 8), 32);
+        let instance = instance.expect("16 MiB fits");
+        let grow = instance
+            .get_typed_func::<(), i32>(&mut store, "grow1")
+            .expect("grow");
+        assert_eq!(grow.call(&mut store, ()).expect("call"), 128);
+        assert_eq!(store.data().memory_peak, (16 << 20) + 65536);
+        assert!(!store.data().memory_exceeded);
     }
 }

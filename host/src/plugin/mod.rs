@@ -2,17 +2,23 @@
 //! format, and runs each render in a fresh store with its own limits.
 //!
 //! * [`bindings`] — the one `bindgen!` of the WIT world.
+//! * [`deadline`] — every guest call ends at its task's deadline.
 //! * [`limits`] — per-task limits and the store data that enforces them.
 //! * [`fault`] — what can go wrong, and whether it is worth a retry.
+//! * [`format`] — what a declared format may say and a document must match.
 //! * [`cache`] — precompiled `.cwasm` files.
 //! * [`fonts`] — the fonts the host shares (the `fonts` import).
 //! * [`bundle`] — the task's template bundle (the `bundle` import).
 //! * [`prepare`] — plugins pre-initialised once per load (Wizer snapshots).
 //! * [`stdio`] — bounded capture of guest stdout/stderr.
 //!
-//! Calls are synchronous (run them on a blocking thread); a ticker thread
-//! advances the engine's epoch every [`TICK`], and each store's deadline is
-//! its timeout in ticks, so a stuck guest traps within timeout + one tick.
+//! Calls are blocking for the caller (run them on a blocking thread): each
+//! is an async wasmtime call driven on the calling thread and bounded by
+//! the task's timeout ([`deadline`]). A ticker thread advances the engine's
+//! epoch every [`TICK`], and each store's deadline is its timeout in ticks,
+//! so a guest spinning in its own code traps within timeout + one tick; a
+//! guest blocked in a host call (WASI is linked async) is dropped at the
+//! timeout.
 //! Instances come from wasmtime's pooling allocator (slots are reused, so a
 //! fresh instance per task is cheap) and from an `InstancePre` made once per
 //! plugin file.
@@ -20,8 +26,10 @@
 pub mod bindings;
 pub mod bundle;
 pub mod cache;
+pub mod deadline;
 pub mod fault;
 pub mod fonts;
+pub mod format;
 pub mod limits;
 pub mod prepare;
 pub mod stdio;
@@ -141,7 +149,8 @@ impl Registry {
     }
 }
 
-/// A rendered document.
+/// A rendered document. Its media type and extension are the format's, as
+/// declared and validated at load ([`format`]), never the render's own.
 #[derive(Debug)]
 pub struct Rendered {
     pub bytes: Vec<u8>,
@@ -173,6 +182,10 @@ fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
     let mut c = wasmtime::Config::new();
     c.wasm_component_model(true);
     c.epoch_interruption(true);
+    // Calls are async (`deadline`) but plugins use no component-model
+    // concurrency: without it `call_async` runs the call on a fiber
+    // directly instead of through the concurrent event loop.
+    c.concurrency_support(false);
     c.consume_fuel(config.uses_fuel());
     if config.pooling {
         let max_memory = config
@@ -191,6 +204,8 @@ fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
             .max_core_instances_per_component(32)
             .max_memories_per_component(8)
             .max_tables_per_component(32)
+            // One fiber stack per call in flight (async calls, `deadline`).
+            .total_stacks(256)
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20)
             // Reset a slot's memory by zeroing its dirty pages (up to 16 MiB)
@@ -223,7 +238,7 @@ impl PluginHost {
             Err(e) => return Err(PluginError::Engine(e.to_string())),
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         FormatPlugin::add_to_linker::<TaskState, wasmtime::component::HasSelf<TaskState>>(
             &mut linker,
@@ -482,28 +497,31 @@ impl PluginHost {
         let pre = FormatPluginPre::new(pre)
             .map_err(|e| format!("does not export {}: {e:#}", bindings::RENDERER_EXPORT))?;
         let mut store = self.store(&self.config.limits);
-        let plugin = pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("cannot instantiate: {e:#}"))?;
-        let info = plugin
-            .export_host_plugin_renderer()
-            .call_info(&mut store)
-            .map_err(|e| format!("info() failed: {e:#}"))?;
+        let timeout = self.config.limits.timeout;
+        let info = deadline::within(timeout, async {
+            let plugin = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+            plugin
+                .export_host_plugin_renderer()
+                .call_info(&mut store)
+                .await
+                .map_err(|e| format!("info() failed: {e:#}"))
+        })
+        .map_err(|e| format!("info() failed: {e}"))??;
         if crate::ids::validate("plugin name", &info.name).is_err() {
             return Err(format!("plugin name {:?} is not a valid id", info.name));
         }
         let mut formats = Vec::new();
         for f in info.formats {
-            if crate::ids::validate("format", &f.name).is_err()
-                || !f.extension.bytes().all(|b| b.is_ascii_alphanumeric())
-                || f.extension.is_empty()
-                || f.media_type.is_empty()
-            {
-                return Err(format!(
-                    "format {:?} has an invalid name, extension or media type",
-                    f.name
-                ));
+            if crate::ids::validate("format", &f.name).is_err() {
+                return Err(format!("format name {:?} is not a valid id", f.name));
             }
+            // Result paths and download headers are built from these.
+            format::check_extension(&f.extension)
+                .and_then(|()| format::check_media_type(&f.media_type))
+                .map_err(|e| format!("format {:?}: {e}", f.name))?;
             formats.push(FormatInfo {
                 name: f.name,
                 media_type: f.media_type,
@@ -537,6 +555,7 @@ impl PluginHost {
             &self.engine,
             &self.linker,
             self.store(&self.config.limits),
+            self.config.limits.timeout,
             &self.config.cache_dir,
             self.fonts.fingerprint(),
             bytes,
@@ -660,11 +679,11 @@ impl PluginHost {
         options: Vec<(String, String)>,
         caps: Caps,
     ) -> Result<Rendered, Fault> {
-        let plugin = {
+        let found = {
             let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
-            reg.by_format.get(format).map(|(p, _)| p.clone())
+            reg.by_format.get(format).cloned()
         };
-        let plugin = plugin.ok_or_else(|| Fault::NoPlugin(format.to_string()))?;
+        let (plugin, declared) = found.ok_or_else(|| Fault::NoPlugin(format.to_string()))?;
         let limits = plugin.limits.capped(caps);
         let mut store = self.store(&limits);
         let template = template.into();
@@ -676,25 +695,29 @@ impl PluginHost {
             data,
             options,
         };
-        let outcome = plugin
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance: FormatPlugin| {
-                instance
-                    .export_host_plugin_renderer()
-                    .call_render(&mut store, &request)
-            });
+        let outcome = deadline::within(limits.timeout, async {
+            let instance: FormatPlugin = plugin.pre.instantiate_async(&mut store).await?;
+            instance
+                .export_host_plugin_renderer()
+                .call_render(&mut store, &request)
+                .await
+        });
         log_stdio(store.data(), &plugin.name);
         crate::telemetry::sandbox_memory_peak(&plugin.name, store.data().limiter.memory_peak);
+        let Ok(outcome) = outcome else {
+            // Blocked in a host call at the deadline (a guest spinning in
+            // its own code traps instead, below).
+            return Err(Fault::Timeout {
+                limit_ms: limits.timeout.as_millis() as u64,
+            });
+        };
         match outcome {
             Ok(Ok(doc)) if doc.bytes.len() > limits.output_bytes => Err(Fault::OutputTooLarge {
                 size: doc.bytes.len(),
                 limit: limits.output_bytes,
             }),
-            Ok(Ok(doc)) => Ok(Rendered {
-                bytes: doc.bytes,
-                media_type: doc.media_type,
-                extension: doc.extension,
+            Ok(Ok(doc)) => format::accept(doc, &declared).inspect_err(|fault| {
+                tracing::warn!(plugin = %plugin.name, %fault, "plugin returned a document unlike its declared format");
             }),
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(classify_trap(&e, store.data(), &limits)),
@@ -737,4 +760,67 @@ fn classify_trap(e: &wasmtime::Error, state: &TaskState, limits: &Limits) -> Fau
         return Fault::Host(text);
     }
     Fault::Trap(text.lines().next().unwrap_or("trap").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(memory_mb: usize) -> (PluginHost, tempfile::TempDir) {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let limits = Limits {
+            timeout: Duration::from_secs(5),
+            memory_bytes: memory_mb << 20,
+            table_elements: 1000,
+            output_bytes: 1 << 20,
+            fuel: None,
+            stdio_bytes: 1024,
+        };
+        let host = PluginHost::new(SandboxConfig {
+            limits,
+            overrides: BTreeMap::new(),
+            cache_dir: cache.path().to_owned(),
+            font_dirs: Vec::new(),
+            pooling: true,
+        })
+        .expect("host");
+        (host, cache)
+    }
+
+    /// A component of `n` core instances with a memory of `mb` MiB each.
+    fn memories(n: usize, mb: usize) -> String {
+        let pages = mb * 16;
+        let parts: String = (0..n)
+            .map(|i| {
+                format!("(core module $m{i} (memory {pages})) (core instance (instantiate $m{i}))")
+            })
+            .collect();
+        format!("(component {parts})")
+    }
+
+    /// The cap holds for the component instance, through the pooling
+    /// allocator (which allows up to 8 memories per component, each up to
+    /// the cap): two memories of 20 MiB do not fit 32 MiB.
+    #[test]
+    fn a_components_memories_share_one_memory_cap() {
+        let (host, _cache) = host(32);
+        let limits = host.limits();
+        let instantiate = |wat: String| {
+            let component = Component::new(&host.engine, wat).expect("component");
+            let mut store = host.store(&limits);
+            let r = Linker::<TaskState>::new(&host.engine).instantiate(&mut store, &component);
+            (store, r.map(|_| ()))
+        };
+        let (store, one) = instantiate(memories(1, 20));
+        assert!(one.is_ok(), "{one:?}");
+        assert_eq!(store.data().limiter.memory_peak, 20 << 20);
+        let (store, two) = instantiate(memories(2, 20));
+        let err = two.expect_err("40 MiB in two memories of a 32 MiB sandbox");
+        assert!(store.data().limiter.memory_exceeded);
+        let fault = classify_trap(&err, store.data(), &limits);
+        assert_eq!(fault.class(), "out_of_memory", "{fault}");
+        let (store, eight) = instantiate(memories(8, 4));
+        assert!(eight.is_ok(), "8 x 4 MiB = 32 MiB fits: {eight:?}");
+        assert_eq!(store.data().limiter.memory_peak, 32 << 20);
+    }
 }

@@ -12,7 +12,6 @@
 //! without `prepare`), with a warning.
 
 use std::path::Path;
-use std::task::{Context, Poll, Waker};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
@@ -66,6 +65,7 @@ pub fn snapshot(
     engine: &wasmtime::Engine,
     linker: &Linker<TaskState>,
     store: Store<TaskState>,
+    timeout: std::time::Duration,
     cache_dir: &Path,
     fingerprint: &str,
     bytes: &[u8],
@@ -95,30 +95,40 @@ pub fn snapshot(
     let interface = exported(engine, &component).ok_or("no prepare export")?;
     let interface = interface.as_str();
     let mut store = store;
-    let instance = linker
-        .instantiate(&mut store, &component)
-        .map_err(|e| format!("cannot instantiate for prepare: {e:#}"))?;
-    let func = {
-        let (_, iface) = instance
-            .get_export(&mut store, None, interface)
-            .ok_or("no prepare interface")?;
-        let (_, func) = instance
-            .get_export(&mut store, Some(&iface), "prepare")
-            .ok_or("no prepare function")?;
-        instance
-            .get_typed_func::<(), ()>(&mut store, func)
-            .map_err(|e| format!("prepare has the wrong type: {e:#}"))?
-    };
-    func.call(&mut store, ())
-        .map_err(|e| format!("prepare failed: {e:#}"))?;
-    let snapshot = block_on(wizer.snapshot_component(
-        &cx,
-        &mut Access {
-            store: &mut store,
-            instance,
-        },
-    ))
-    .map_err(|e| format!("snapshot failed: {e:#}"))?;
+    // Bounded like a render (`deadline`): a `prepare` that sleeps in a host
+    // call is stopped too (one that spins traps at the store's epoch
+    // deadline).
+    let snapshot = super::deadline::within(timeout, async {
+        let instance = linker
+            .instantiate_async(&mut store, &component)
+            .await
+            .map_err(|e| format!("cannot instantiate for prepare: {e:#}"))?;
+        let func = {
+            let (_, iface) = instance
+                .get_export(&mut store, None, interface)
+                .ok_or("no prepare interface")?;
+            let (_, func) = instance
+                .get_export(&mut store, Some(&iface), "prepare")
+                .ok_or("no prepare function")?;
+            instance
+                .get_typed_func::<(), ()>(&mut store, func)
+                .map_err(|e| format!("prepare has the wrong type: {e:#}"))?
+        };
+        func.call_async(&mut store, ())
+            .await
+            .map_err(|e| format!("prepare failed: {e:#}"))?;
+        wizer
+            .snapshot_component(
+                &cx,
+                &mut Access {
+                    store: &mut store,
+                    instance,
+                },
+            )
+            .await
+            .map_err(|e| format!("snapshot failed: {e:#}"))
+    })
+    .map_err(|e| format!("prepare failed: {e}"))??;
     if let Err(e) = std::fs::create_dir_all(cache_dir)
         .and_then(|()| crate::store::write_atomically(&path, &snapshot))
     {
@@ -133,18 +143,6 @@ pub fn snapshot(
     Ok(snapshot)
 }
 
-/// Drive a future whose every step is synchronous (the snapshot's calls into
-/// the instance are plain, blocking calls).
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-}
-
 /// Wizer's view of the instance's state (its accessor exports).
 struct Access<'a> {
     store: &'a mut Store<TaskState>,
@@ -152,7 +150,11 @@ struct Access<'a> {
 }
 
 impl Access<'_> {
-    fn call<R: wasmtime::component::Lift + 'static>(&mut self, instance: &str, func: &str) -> R {
+    async fn call<R: wasmtime::component::Lift + Send + Sync + 'static>(
+        &mut self,
+        instance: &str,
+        func: &str,
+    ) -> R {
         let (_, iface) = self
             .instance
             .get_export(&mut *self.store, None, instance)
@@ -165,7 +167,10 @@ impl Access<'_> {
             .instance
             .get_typed_func::<(), (R,)>(&mut *self.store, f)
             .expect("wizer's accessor type");
-        f.call(&mut *self.store, ()).expect("wizer's accessor").0
+        f.call_async(&mut *self.store, ())
+            .await
+            .expect("wizer's accessor")
+            .0
     }
 }
 
@@ -176,23 +181,23 @@ impl ComponentInstanceState for Access<'_> {
         func: &str,
         contents: impl FnOnce(&[u8]) + Send,
     ) {
-        let list: WasmList<u8> = self.call(instance, func);
+        let list: WasmList<u8> = self.call(instance, func).await;
         contents(list.as_le_slice(&*self.store));
     }
 
     async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
-        self.call(instance, func)
+        self.call(instance, func).await
     }
 
     async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
-        self.call(instance, func)
+        self.call(instance, func).await
     }
 
     async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
-        self.call::<f32>(instance, func).to_bits()
+        self.call::<f32>(instance, func).await.to_bits()
     }
 
     async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
-        self.call::<f64>(instance, func).to_bits()
+        self.call::<f64>(instance, func).await.to_bits()
     }
 }

@@ -799,8 +799,13 @@ impl TaskStore {
     }
 
     pub fn result_path(&self, tenant: &TenantId, id: &TaskId, extension: &str) -> PathBuf {
-        // Ids are validated types and the extension comes from plugin metadata
-        // checked at load time, so this stays inside `results/`.
+        // Ids are validated types and the extension is the format's, checked
+        // at load (`plugin::format`: `[a-z0-9]{1,16}`); one that is not
+        // ASCII letters and digits anyway (the rule before that) never
+        // becomes part of a path, so this stays a file directly inside
+        // `results/<tenant>/`.
+        let plain = !extension.is_empty() && extension.bytes().all(|b| b.is_ascii_alphanumeric());
+        let extension = if plain { extension } else { "invalid" };
         self.results
             .join(tenant.as_str())
             .join(format!("{id}.{extension}"))
