@@ -17,8 +17,24 @@ use std::time::Duration;
 pub struct Elapsed(pub Duration);
 
 /// Run `call` to completion on this thread, or stop it after `timeout`.
-/// Blocking: not for a Tokio worker thread.
-pub fn within<T>(timeout: Duration, call: impl Future<Output = T>) -> Result<T, Elapsed> {
+/// Blocking. On a thread that drives a Tokio runtime (the CLI loads and
+/// renders from its async `main`), where blocking on a runtime would
+/// panic, the call runs on a thread of its own, joined here.
+pub fn within<T: Send>(
+    timeout: Duration,
+    call: impl Future<Output = T> + Send,
+) -> Result<T, Elapsed> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return std::thread::scope(|s| {
+            s.spawn(move || drive(timeout, call))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+    }
+    drive(timeout, call)
+}
+
+fn drive<T>(timeout: Duration, call: impl Future<Output = T>) -> Result<T, Elapsed> {
     wasmtime_wasi::runtime::in_tokio(async move {
         tokio::time::timeout(timeout, call)
             .await
