@@ -630,11 +630,8 @@ async fn a_broker_outage_during_a_render_neither_loses_nor_re_renders_the_task()
 async fn a_tag_expression_with_spaces_selects_those_formats() {
     use async_trait::async_trait;
     use export_host::config::RocketMqConfig;
-    use export_host::ids::{TaskId, TemplateId, TenantId};
     use export_host::queue::rocketmq::RocketMqQueue;
-    use export_host::queue::{
-        Delivery, Disposition, MESSAGE_VERSION, TaskHandler, TaskMessage, TaskQueue,
-    };
+    use export_host::queue::{Delivery, Disposition, TaskHandler, TaskQueue};
     use std::sync::{Arc, Mutex};
 
     struct Formats(Mutex<Vec<String>>);
@@ -660,18 +657,7 @@ async fn a_tag_expression_with_spaces_selects_those_formats() {
     }))
     .await
     .expect("connect");
-    let message = |format: &str| TaskMessage {
-        v: MESSAGE_VERSION,
-        task_id: TaskId::generate(),
-        tenant: TenantId::default_tenant(),
-        template_id: TemplateId::parse("t").expect("id"),
-        output_format: format.into(),
-        priority: 0,
-        data: serde_json::value::RawValue::from_string("{}".into()).expect("raw"),
-        created_at: chrono::Utc::now(),
-        round: 0,
-        options: Default::default(),
-    };
+    let message = broker::task_message;
     queue
         .publish(vec![
             message("txt"),
@@ -705,11 +691,10 @@ async fn a_tag_expression_with_spaces_selects_those_formats() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_answered_offset_commit_shows_in_mqadmin_consumer_progress() {
     use export_host::config::RocketMqConfig;
-    use export_host::ids::{TaskId, TemplateId, TenantId};
     use export_host::queue::rocketmq::RocketMqQueue;
     use export_host::queue::rocketmq::connection::{Names, RocketMqConnection};
     use export_host::queue::rocketmq::monitor::RocketMqMonitor;
-    use export_host::queue::{MESSAGE_VERSION, TaskMessage, TaskQueue};
+    use export_host::queue::{TaskMessage, TaskQueue};
     use std::sync::Arc;
 
     let broker = tokio::task::spawn_blocking(Broker::shared)
@@ -734,20 +719,7 @@ async fn an_answered_offset_commit_shows_in_mqadmin_consumer_progress() {
     conn.ensure_topic(&Names::retry_topic(&cfg.consumer_group), 1)
         .await
         .expect("retry topic");
-    let messages: Vec<TaskMessage> = (0..6)
-        .map(|_| TaskMessage {
-            v: MESSAGE_VERSION,
-            task_id: TaskId::generate(),
-            tenant: TenantId::default_tenant(),
-            template_id: TemplateId::parse("t").expect("id"),
-            output_format: "txt".into(),
-            priority: 0,
-            data: serde_json::value::RawValue::from_string("{}".into()).expect("raw"),
-            created_at: chrono::Utc::now(),
-            round: 0,
-            options: Default::default(),
-        })
-        .collect();
+    let messages: Vec<TaskMessage> = (0..6).map(|_| broker::task_message("txt")).collect();
     queue.publish(messages).await.expect("publish");
     queue.close().await;
 

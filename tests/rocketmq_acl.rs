@@ -19,11 +19,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use broker::{APACHE_4, Broker, Kind, unique};
 use export_host::config::RocketMqConfig;
-use export_host::ids::{TaskId, TemplateId, TenantId};
 use export_host::queue::rocketmq::RocketMqQueue;
-use export_host::queue::{
-    Delivery, Disposition, MESSAGE_VERSION, TaskHandler, TaskMessage, TaskQueue,
-};
+use export_host::queue::{Delivery, Disposition, TaskHandler, TaskMessage, TaskQueue};
 
 const ACCESS_KEY: &str = "exporthost";
 const SECRET_KEY: &str = "exporthost-secret-1";
@@ -54,18 +51,7 @@ fn config(b: &Broker, secret: Option<&str>, namespace: Option<&str>, name: &str)
 }
 
 fn message() -> TaskMessage {
-    TaskMessage {
-        v: MESSAGE_VERSION,
-        task_id: TaskId::generate(),
-        tenant: TenantId::default_tenant(),
-        template_id: TemplateId::parse("t").expect("id"),
-        output_format: "txt".into(),
-        priority: 0,
-        data: serde_json::value::RawValue::from_string("{}".into()).expect("raw"),
-        created_at: chrono::Utc::now(),
-        round: 0,
-        options: Default::default(),
-    }
+    broker::task_message("txt")
 }
 
 #[derive(Default)]

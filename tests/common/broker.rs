@@ -700,3 +700,21 @@ pub fn split_roles_yaml(
         ),
     )
 }
+
+/// A task message for `format` (template `t`, default tenant, data `{}`),
+/// for tests that publish to the queue directly.
+pub fn task_message(format: &str) -> export_host::queue::TaskMessage {
+    use export_host::ids::{TaskId, TemplateId, TenantId};
+    export_host::queue::TaskMessage {
+        v: export_host::queue::MESSAGE_VERSION,
+        task_id: TaskId::generate(),
+        tenant: TenantId::default_tenant(),
+        template_id: TemplateId::parse("t").expect("id"),
+        output_format: format.into(),
+        priority: 0,
+        data: serde_json::value::RawValue::from_string("{}".into()).expect("raw"),
+        created_at: chrono::Utc::now(),
+        round: 0,
+        options: Default::default(),
+    }
+}
